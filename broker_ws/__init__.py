@@ -1,0 +1,54 @@
+"""broker_ws: a real-time WebSocket stream for Django broker backends.
+
+The public API, importable from here without touching the database or the
+settings at import time::
+
+    publish_quote / apublish_quote   one quote to every subscriber of a symbol
+    push / apush                     an account frame to every session of a login
+    notify / anotify                 a notification to one login or to everyone
+    bind / push_saved                model bindings, and saves that bypass signals
+    CloseCode                        the close codes of protocol v1
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "CloseCode",
+    "anotify",
+    "apublish_quote",
+    "apush",
+    "bind",
+    "notify",
+    "publish_quote",
+    "push",
+    "push_saved",
+]
+
+if TYPE_CHECKING:
+    from broker_ws.bindings import bind, push_saved
+    from broker_ws.protocol import CloseCode
+    from broker_ws.publishing import anotify, apublish_quote, apush, notify, publish_quote, push
+
+_LOCATIONS = {
+    "publish_quote": "broker_ws.publishing",
+    "apublish_quote": "broker_ws.publishing",
+    "push": "broker_ws.publishing",
+    "apush": "broker_ws.publishing",
+    "notify": "broker_ws.publishing",
+    "anotify": "broker_ws.publishing",
+    "bind": "broker_ws.bindings",
+    "push_saved": "broker_ws.bindings",
+    "CloseCode": "broker_ws.protocol",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: INSTALLED_APPS imports this package before models are ready.
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'broker_ws' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module), name)

@@ -1,0 +1,94 @@
+"""Token validation and the user → logins mapping.
+
+A token is accepted only as a simplejwt *access* token: ``AccessToken(raw)``
+checks the signature with the configured algorithm only (so ``alg: none``
+and algorithm swaps fail), the expiry, and the ``token_type`` claim (so a
+refresh token is refused; ``UntypedToken`` would accept it). The user is
+then loaded and checked by simplejwt's own ``JWTAuthentication.get_user``
+(user exists, active, password not changed when ``CHECK_REVOKE_TOKEN``),
+plus an ``is_active`` check of our own because the host may have turned
+simplejwt's off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.utils.module_loading import import_string
+
+from broker_ws.conf import conf
+from broker_ws.exceptions import AuthenticationError, ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+LoginResolver = Callable[[Any], Iterable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a validated token speaks for, and what it may see."""
+
+    user_id: str
+    username: str
+    logins: tuple[str, ...]
+    expires_ms: int
+
+
+def username_login(user: Any) -> list[str]:
+    """Default LOGIN_RESOLVER: a user sees the login equal to its username.
+
+    Fits backends whose trading login is the user name; any other backend
+    points LOGIN_RESOLVER at its own function.
+    """
+    return [str(user.get_username())]
+
+
+def get_login_resolver() -> LoginResolver:
+    """The configured ``LOGIN_RESOLVER`` callable."""
+    value = conf.LOGIN_RESOLVER
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    try:
+        return import_string(value)  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise ConfigurationError(f"BROKER_WS['LOGIN_RESOLVER'] = {value!r} cannot be imported") from exc
+
+
+def validate_access_token(raw: str) -> Any:
+    """Return the simplejwt ``AccessToken`` for ``raw`` or raise AuthenticationError."""
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    try:
+        return AccessToken(raw)  # type: ignore[arg-type]
+    except Exception as exc:
+        # TokenError for the expected cases; PyJWT may raise others on garbage.
+        raise AuthenticationError(str(exc) or "token is invalid") from exc
+
+
+def _load_identity(token: Any) -> Identity:
+    from rest_framework_simplejwt.authentication import JWTAuthentication
+
+    try:
+        user = JWTAuthentication().get_user(token)
+    except Exception as exc:
+        raise AuthenticationError(str(getattr(exc, "detail", exc))) from exc
+    if not getattr(user, "is_active", False):
+        raise AuthenticationError("user is inactive")
+    resolver = get_login_resolver()
+    logins = tuple(dict.fromkeys(str(login) for login in resolver(user)))
+    return Identity(
+        user_id=str(user.pk),
+        username=str(user.get_username()),
+        logins=logins,
+        expires_ms=int(token["exp"]) * 1000,
+    )
+
+
+async def authenticate(raw: str) -> Identity:
+    """Validate ``raw`` as an access token and resolve its user's logins."""
+    token = validate_access_token(raw)
+    return await database_sync_to_async(_load_identity)(token)

@@ -1,0 +1,170 @@
+"""Model bindings: host models whose saves push account frames.
+
+A binding says which marker a model feeds (``b``, ``o`` or ``a``), how to
+find an instance's login, and which fields form the frame::
+
+    BROKER_WS = {"BINDINGS": [
+        {"model": "broker.Balance", "marker": "b", "login": "account.login",
+         "fields": ["currency", "balance", "equity"]},
+    ]}
+
+or in code, ``broker_ws.bind(Balance, marker="b", login="account.login",
+fields=[...])``. ``login`` and each field are attribute paths (``a.b.c``) or
+callables taking the instance.
+
+The ``post_save`` handler only snapshots the instance, inside the
+transaction, and schedules the send with ``transaction.on_commit``: a
+rolled-back save sends nothing, and a failure of the bus after commit is
+logged, never raised into the code that saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django.apps import apps
+from django.db import DEFAULT_DB_ALIAS, models, router, transaction
+from django.db.models.signals import post_save
+
+from broker_ws import frames, groups
+from broker_ws.backends import get_backend
+from broker_ws.exceptions import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+Accessor = str | Callable[[Any], Any]
+
+
+def _getter(accessor: Accessor) -> Callable[[Any], Any]:
+    if callable(accessor):
+        return accessor
+    return operator.attrgetter(accessor)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How one model feeds one account marker."""
+
+    model: type[models.Model]
+    marker: str
+    login: Accessor
+    fields: tuple[Accessor, ...]
+
+    def snapshot(self, instance: models.Model) -> tuple[str, tuple[str, str]] | None:
+        """``(login, frame parts)`` for ``instance``, or None if it has no login."""
+        login = _getter(self.login)(instance)
+        if login is None or login == "":
+            return None
+        login = str(login)
+        values = [_field_value(instance, accessor) for accessor in self.fields]
+        return login, frames.account_parts(self.marker, login, values)
+
+
+def _field_value(instance: models.Model, accessor: Accessor) -> Any:
+    value = _getter(accessor)(instance)
+    if isinstance(value, models.Model):
+        return value.pk
+    return value
+
+
+_registry: dict[type[models.Model], Binding] = {}
+
+
+def bind(
+    model: type[models.Model] | str,
+    *,
+    marker: str,
+    login: Accessor,
+    fields: Sequence[Accessor],
+) -> Binding:
+    """Push ``[marker, login, seq, *fields]`` on every committed save of ``model``.
+
+    Args:
+        model: the model class or ``"app_label.ModelName"``.
+        marker: ``"b"`` (balance), ``"o"`` (trade) or ``"a"`` (price alert).
+        login: attribute path or callable giving an instance's login.
+        fields: attribute paths or callables, in frame order.
+    """
+    if isinstance(model, str):
+        model = apps.get_model(model)
+    if marker not in frames.ACCOUNT_MARKERS:
+        raise ConfigurationError(f"marker must be one of {sorted(frames.ACCOUNT_MARKERS)}")
+    binding = Binding(model, marker, login, tuple(fields))
+    _registry[model] = binding
+    post_save.connect(_on_save, sender=model, dispatch_uid=f"broker_ws:{model._meta.label}")
+    return binding
+
+
+def unbind(model: type[models.Model]) -> None:
+    """Stop pushing saves of ``model``."""
+    _registry.pop(model, None)
+    post_save.disconnect(sender=model, dispatch_uid=f"broker_ws:{model._meta.label}")
+
+
+def bindings() -> dict[type[models.Model], Binding]:
+    """The active bindings, by model."""
+    return dict(_registry)
+
+
+def bind_from_settings(declared: Iterable[dict[str, Any]]) -> None:
+    """Install the bindings declared in ``BROKER_WS['BINDINGS']``.
+
+    Entries that cannot be installed are skipped here and reported by the
+    system check ``broker_ws.E007``, so a typo never stops the server import.
+    """
+    for entry in declared if isinstance(declared, list | tuple) else ():
+        try:
+            bind(entry["model"], marker=entry["marker"], login=entry["login"], fields=entry["fields"])
+        except (KeyError, TypeError, ValueError, LookupError, ConfigurationError):
+            continue
+
+
+def _on_save(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    if kwargs.get("raw"):  # loaddata: fixtures are not events
+        return
+    _schedule([instance], kwargs.get("using") or router.db_for_write(sender))
+
+
+def push_saved(instances: Iterable[models.Model], using: str | None = None) -> int:
+    """Push frames for instances saved without signals.
+
+    ``bulk_create``, ``bulk_update`` and ``QuerySet.update()`` send no
+    ``post_save``; pass the affected instances (re-read them after
+    ``update()``) and their frames go out when the current transaction
+    commits, like a save's. Returns how many frames were scheduled.
+    """
+    return _schedule(instances, using)
+
+
+def _schedule(instances: Iterable[models.Model], using: str | None) -> int:
+    by_login: dict[str, list[tuple[str, str]]] = {}
+    for instance in instances:
+        binding = _registry.get(type(instance)._meta.concrete_model)
+        if binding is None:
+            continue
+        snapshot = binding.snapshot(instance)
+        if snapshot is not None:
+            login, parts = snapshot
+            by_login.setdefault(login, []).append(parts)
+    if by_login:
+        transaction.on_commit(
+            partial(_send_committed, by_login), using=using or DEFAULT_DB_ALIAS, robust=True
+        )
+    return sum(len(parts) for parts in by_login.values())
+
+
+def _send_committed(by_login: dict[str, list[tuple[str, str]]]) -> None:
+    backend = get_backend()
+    for login, parts in by_login.items():
+        try:
+            backend.append_account(groups.login_group(login), parts)
+        except Exception as exc:
+            logger.error(
+                "broker_ws: %d committed account frame(s) of login %s were not sent: %s",
+                len(parts), login, exc,
+            )

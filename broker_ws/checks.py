@@ -1,0 +1,135 @@
+"""System checks for ``BROKER_WS``: bad configuration is reported by
+``manage.py check`` (and at server start), never raised at import.
+
+IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
+E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
+W001 Redis channel layer without REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+from django.utils.module_loading import import_string
+
+from broker_ws import frames
+from broker_ws.conf import DEFAULTS, conf
+
+_PREFIX = re.compile(r"^[a-zA-Z0-9-]{1,20}$")
+
+
+def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Validate every BROKER_WS setting."""
+    user = getattr(settings, "BROKER_WS", {})
+    if not isinstance(user, dict):
+        return [Error("BROKER_WS must be a dict.", id="broker_ws.E001")]
+    errors: list[CheckMessage] = []
+    for key in sorted(set(user) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"BROKER_WS has an unknown key {key!r}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="broker_ws.E002",
+            )
+        )
+    errors += _check_callable("LOGIN_RESOLVER", conf.LOGIN_RESOLVER, "broker_ws.E003")
+    symbols = conf.SYMBOLS
+    if isinstance(symbols, str):
+        errors += _check_callable("SYMBOLS", symbols, "broker_ws.E004")
+    elif symbols is not None and not callable(symbols) and (
+        not isinstance(symbols, list | tuple | set | frozenset)
+        or not all(isinstance(s, str) for s in symbols)
+    ):
+        errors.append(
+            Error(
+                "BROKER_WS['SYMBOLS'] must be None, a collection of strings, or a callable.",
+                id="broker_ws.E004",
+            )
+        )
+    for name in ("SYMBOL_MAX_LENGTH", "MAX_MESSAGE_BYTES", "MAX_SUBSCRIPTIONS", "HISTORY_SIZE",
+                 "REDIS_MAX_CONNECTIONS", "AUTH_TIMEOUT"):
+        value = getattr(conf, name) if name != "AUTH_TIMEOUT" else user.get(name, 10)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            errors.append(
+                Error(f"BROKER_WS['{name}'] must be a positive number.", id="broker_ws.E005")
+            )
+    if not isinstance(conf.KEY_PREFIX, str) or not _PREFIX.match(conf.KEY_PREFIX):
+        errors.append(
+            Error(
+                "BROKER_WS['KEY_PREFIX'] must be 1-20 letters, digits or '-'.",
+                hint="It prefixes group names, which allow only [a-zA-Z0-9-_.].",
+                id="broker_ws.E006",
+            )
+        )
+    errors += _check_bindings(conf.BINDINGS)
+    url = conf.REDIS_URL
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        errors.append(
+            Error(
+                "BROKER_WS['REDIS_URL'] must be None or a redis://, rediss:// or unix:// URL.",
+                id="broker_ws.E008",
+            )
+        )
+    errors += _check_layer(url)
+    return errors
+
+
+def _check_callable(name: str, value: Any, check_id: str) -> list[CheckMessage]:
+    if callable(value):
+        return []
+    try:
+        target = import_string(value)
+    except (ImportError, TypeError, ValueError):
+        return [Error(f"BROKER_WS['{name}'] = {value!r} cannot be imported.", id=check_id)]
+    if not callable(target):
+        return [Error(f"BROKER_WS['{name}'] = {value!r} is not callable.", id=check_id)]
+    return []
+
+
+def _check_bindings(declared: Any) -> list[CheckMessage]:
+    if not isinstance(declared, list | tuple):
+        return [Error("BROKER_WS['BINDINGS'] must be a list of dicts.", id="broker_ws.E007")]
+    errors: list[CheckMessage] = []
+    for index, entry in enumerate(declared):
+        where = f"BROKER_WS['BINDINGS'][{index}]"
+        if not isinstance(entry, dict) or {"model", "marker", "login", "fields"} - set(entry):
+            errors.append(
+                Error(f"{where} needs the keys model, marker, login and fields.", id="broker_ws.E007")
+            )
+            continue
+        try:
+            apps.get_model(entry["model"])
+        except (LookupError, ValueError, TypeError):
+            errors.append(Error(f"{where}: no model {entry['model']!r}.", id="broker_ws.E007"))
+        if entry["marker"] not in frames.ACCOUNT_MARKERS:
+            errors.append(
+                Error(
+                    f"{where}: marker must be one of {sorted(frames.ACCOUNT_MARKERS)}.",
+                    id="broker_ws.E007",
+                )
+            )
+        if not isinstance(entry["fields"], list | tuple):
+            errors.append(Error(f"{where}: fields must be a list.", id="broker_ws.E007"))
+    return errors
+
+
+def _check_layer(url: Any) -> list[CheckMessage]:
+    layers = getattr(settings, "CHANNEL_LAYERS", {}) or {}
+    backend = str(layers.get("default", {}).get("BACKEND", ""))
+    if "channels_redis" in backend and not url:
+        return [
+            Warning(
+                "The channel layer uses Redis but BROKER_WS['REDIS_URL'] is not set: "
+                "broker_ws will fan out and number account frames inside each process only.",
+                hint="Set BROKER_WS['REDIS_URL'] to the same Redis for multi-process deployments.",
+                id="broker_ws.W001",
+            )
+        ]
+    return []

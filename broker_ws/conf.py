@@ -1,0 +1,107 @@
+"""The ``BROKER_WS`` settings namespace.
+
+Every property reads ``settings.BROKER_WS`` on each access, over a default, so
+``override_settings`` works in tests and nothing is captured at import time
+(simplejwt's import-time capture is the example to avoid). Validation lives in
+``checks.py`` as system checks, never here: a bad value must not make
+``import broker_ws`` raise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    # Redis shared by every server and publisher process: sequence numbers,
+    # account history, last quotes and the fan-out bus. None keeps all of it
+    # inside one process (the embedded demo and single-process tests).
+    "REDIS_URL": None,
+    # Prefix of every Redis key and bus channel, so several deployments (or
+    # test runs) can share one Redis.
+    "KEY_PREFIX": "bws",
+    # Dotted path to ``callable(user) -> Iterable[str]``: the logins whose
+    # account frames a token of that user may receive.
+    "LOGIN_RESOLVER": "broker_ws.auth.username_login",
+    # None: any symbol allowed by SYMBOL_MAX_LENGTH. A list/tuple/set: only
+    # those. A dotted path to ``callable(symbol) -> bool``: whatever it accepts.
+    "SYMBOLS": None,
+    "SYMBOL_MAX_LENGTH": 256,
+    # Seconds an unauthenticated socket may stay open.
+    "AUTH_TIMEOUT": 10.0,
+    # Largest client text frame handled, in UTF-8 bytes; larger ones get an
+    # error reply. Tokens are well under 2 KiB.
+    "MAX_MESSAGE_BYTES": 16384,
+    "MAX_SUBSCRIPTIONS": 500,
+    # Account frames kept per login for gap filling and resume.
+    "HISTORY_SIZE": 1000,
+    # Browser Origins accepted. None: the hosts of ALLOWED_HOSTS. Clients
+    # that send no Origin (apps, bots) are always accepted.
+    "ALLOWED_ORIGINS": None,
+    # Model bindings: list of dicts with model, marker, login, fields.
+    "BINDINGS": [],
+    # redis-py connection pool size of each process (publisher and server).
+    "REDIS_MAX_CONNECTIONS": 200,
+}
+
+
+class Settings:
+    """Typed, lazy view of ``settings.BROKER_WS``."""
+
+    def _get(self, name: str) -> Any:
+        user = getattr(django_settings, "BROKER_WS", None) or {}
+        if not isinstance(user, dict):
+            return DEFAULTS[name]
+        return user.get(name, DEFAULTS[name])
+
+    @property
+    def REDIS_URL(self) -> str | None:
+        return self._get("REDIS_URL")  # type: ignore[no-any-return]
+
+    @property
+    def KEY_PREFIX(self) -> str:
+        return self._get("KEY_PREFIX")  # type: ignore[no-any-return]
+
+    @property
+    def LOGIN_RESOLVER(self) -> Any:
+        return self._get("LOGIN_RESOLVER")
+
+    @property
+    def SYMBOLS(self) -> Any:
+        return self._get("SYMBOLS")
+
+    @property
+    def SYMBOL_MAX_LENGTH(self) -> int:
+        return self._get("SYMBOL_MAX_LENGTH")  # type: ignore[no-any-return]
+
+    @property
+    def AUTH_TIMEOUT(self) -> float:
+        return float(self._get("AUTH_TIMEOUT"))
+
+    @property
+    def MAX_MESSAGE_BYTES(self) -> int:
+        return self._get("MAX_MESSAGE_BYTES")  # type: ignore[no-any-return]
+
+    @property
+    def MAX_SUBSCRIPTIONS(self) -> int:
+        return self._get("MAX_SUBSCRIPTIONS")  # type: ignore[no-any-return]
+
+    @property
+    def HISTORY_SIZE(self) -> int:
+        return self._get("HISTORY_SIZE")  # type: ignore[no-any-return]
+
+    @property
+    def ALLOWED_ORIGINS(self) -> list[str] | None:
+        return self._get("ALLOWED_ORIGINS")  # type: ignore[no-any-return]
+
+    @property
+    def BINDINGS(self) -> list[dict[str, Any]]:
+        return self._get("BINDINGS")  # type: ignore[no-any-return]
+
+    @property
+    def REDIS_MAX_CONNECTIONS(self) -> int:
+        return self._get("REDIS_MAX_CONNECTIONS")  # type: ignore[no-any-return]
+
+
+conf = Settings()

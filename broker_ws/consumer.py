@@ -1,0 +1,252 @@
+"""The protocol v1 session: one instance per WebSocket connection.
+
+Thin by design: decode with :mod:`broker_ws.protocol`, decide, and hand
+fan-out to the process's :class:`~broker_ws.hub.Hub`. It subclasses
+Channels' ``AsyncConsumer`` but runs its own receive loop instead of
+``dispatch``: since channels 4.2 ``dispatch`` hops to a thread
+(``aclose_old_connections``) before every handler, and a session has no
+per-connection channel-layer channel at all (fan-out is per process), which
+also keeps an idle session small. Database work happens only in
+:func:`broker_ws.auth.authenticate`, through ``database_sync_to_async``.
+
+Every send goes through :meth:`push`, which keeps per-session order: while a
+send is in flight or a request is being answered, later frames wait in a
+backlog and follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+
+from broker_ws import frames, protocol
+from broker_ws.auth import Identity, authenticate
+from broker_ws.conf import conf
+from broker_ws.exceptions import AuthenticationError, ProtocolError
+from broker_ws.hub import Hub, get_hub
+from broker_ws.origin import origin_allowed
+from broker_ws.protocol import CloseCode, ErrorCode
+from broker_ws.symbols import split_symbols
+
+logger = logging.getLogger(__name__)
+
+ROOT_PATHS = frozenset({"", "/"})
+
+
+class StreamConsumer(AsyncConsumer):
+    """One client session speaking protocol v1."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.base_send = send
+        self.identity: Identity | None = None
+        self.symbols: set[str] = set()
+        self.hub: Hub | None = None
+        self.closed = False
+        self._sending = False
+        self._holds = 0
+        self._backlog: deque[str] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    await self._on_receive(message)
+                elif kind == "websocket.connect":
+                    await self._on_connect()
+                elif kind == "websocket.disconnect":
+                    break
+        finally:
+            self._forget()
+
+    # --- lifecycle ------------------------------------------------------
+    async def _on_connect(self) -> None:
+        if self.scope.get("path", "/") not in ROOT_PATHS or not origin_allowed(self.scope):
+            # Refused at the handshake: the client sees HTTP 403.
+            self.closed = True
+            await self.base_send({"type": "websocket.close"})
+            return
+        await self.base_send({"type": "websocket.accept"})
+        self._set_timer(conf.AUTH_TIMEOUT, CloseCode.AUTH_TIMEOUT)
+
+    def _set_timer(self, delay: float, code: CloseCode) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(delay, 0.0), self._close_soon, code)
+
+    def _close_soon(self, code: CloseCode) -> None:
+        asyncio.get_running_loop().create_task(self.close(code))
+
+    async def close(self, code: CloseCode) -> None:
+        """Close the session with a documented code and leave the hub."""
+        if self.closed:
+            return
+        self.closed = True
+        logger.info("broker_ws: closing session with %s (%d)", code.name, code)
+        try:
+            await self.base_send({"type": "websocket.close", "code": int(code)})
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.hub is not None:
+            logins = self.identity.logins if self.identity is not None else ()
+            self.hub.remove_session(self, self.symbols, logins)
+            self.hub = None
+        self._backlog.clear()
+
+    # --- sending ----------------------------------------------------------
+    async def push(self, text: str) -> None:
+        """Send one frame after every frame queued before it."""
+        if self.closed:
+            return
+        if self._sending or self._holds:
+            self._backlog.append(text)
+            return
+        self._sending = True
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+            await self._drain()
+        finally:
+            self._sending = False
+
+    async def _drain(self) -> None:
+        backlog = self._backlog
+        while backlog and not self.closed:
+            await self.base_send({"type": "websocket.send", "text": backlog.popleft()})
+
+    @contextlib.asynccontextmanager
+    async def _answering(self) -> AsyncIterator[list[str]]:
+        """Collect replies that must precede the live frames they announce.
+
+        Frames fanned out meanwhile wait in the backlog and are sent after
+        the replies.
+        """
+        replies: list[str] = []
+        self._holds += 1
+        try:
+            yield replies
+        finally:
+            self._holds -= 1
+            if not self.closed:
+                self._backlog.extendleft(reversed(replies))
+                if not self._holds and not self._sending:
+                    self._sending = True
+                    try:
+                        await self._drain()
+                    finally:
+                        self._sending = False
+
+    async def _error(self, code: str, message: str, **extra: Any) -> None:
+        await self.push(frames.error(code, message, **extra))
+
+    # --- receiving --------------------------------------------------------
+    async def _on_receive(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        text = message.get("text")
+        if text is None:
+            await self._error(ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not supported")
+            return
+        if text == protocol.PING:
+            await self.push(protocol.PONG)
+            return
+        limit = conf.MAX_MESSAGE_BYTES
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            await self._error(
+                ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes"
+            )
+            return
+        try:
+            command = protocol.parse(text)
+            if isinstance(command, protocol.Authorize):
+                await self._authorize(command)
+            elif self.identity is None:
+                raise ProtocolError(ErrorCode.NOT_AUTHORIZED, "send the authorization message first")
+            elif isinstance(command, protocol.Subscribe):
+                await self._subscribe(command)
+            else:
+                await self._unsubscribe(command)
+        except ProtocolError as exc:
+            await self._error(exc.code, exc.message, **exc.extra)
+        except Exception:
+            # A bug of ours must not cost the client its session (nor a 1011).
+            logger.exception("broker_ws: failed to handle a client message")
+            await self._error("internal_error", "the server could not handle this message")
+
+    async def _authorize(self, command: protocol.Authorize) -> None:
+        try:
+            identity = await authenticate(command.token)
+        except AuthenticationError as exc:
+            await self._error(ErrorCode.AUTH_FAILED, str(exc))
+            if self.identity is None:
+                await self.close(CloseCode.AUTH_FAILED)
+            return
+        if self.identity is not None and identity.user_id != self.identity.user_id:
+            await self._error(ErrorCode.USER_MISMATCH, "a session cannot change its user")
+            return
+        if self.identity is not None:
+            # In-band refresh: same user, new expiry; logins stay those the
+            # session was opened with.
+            identity = Identity(
+                identity.user_id, identity.username, self.identity.logins, identity.expires_ms
+            )
+        async with self._answering() as replies:
+            hub = await self._get_hub()
+            seqs = await hub.add_logins(self, identity.logins)
+            self.identity = identity
+            replies.append(frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs))
+        self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
+
+    async def _get_hub(self) -> Hub:
+        if self.hub is None:
+            self.hub = await get_hub()
+        return self.hub
+
+    async def _subscribe(self, command: protocol.Subscribe) -> None:
+        accepted, refused = split_symbols(command.symbols)
+        new = [symbol for symbol in accepted if symbol not in self.symbols]
+        room = max(conf.MAX_SUBSCRIPTIONS - len(self.symbols), 0)
+        over = new[room:]
+        new = new[:room]
+        async with self._answering() as replies:
+            hub = await self._get_hub()
+            snapshot = await hub.add_quotes(self, new)
+            self.symbols.update(new)
+            replies.append(frames.control("subscribed", [s for s in accepted if s not in over]))
+            if refused:
+                replies.append(
+                    frames.error(
+                        ErrorCode.INVALID_SYMBOLS, "these symbols are not available", symbols=refused
+                    )
+                )
+            if over:
+                replies.append(
+                    frames.error(
+                        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                        f"a session may subscribe to at most {conf.MAX_SUBSCRIPTIONS} symbols",
+                        symbols=over,
+                    )
+                )
+            replies.extend(snapshot)
+
+    async def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
+        removed = [symbol for symbol in command.symbols if symbol in self.symbols]
+        self.symbols.difference_update(removed)
+        if self.hub is not None and removed:
+            self.hub.remove_quotes(self, removed)
+        await self.push(frames.control("unsubscribed", list(command.symbols)))
+

@@ -1,0 +1,125 @@
+"""Pure functions from data to encoded protocol v1 frames.
+
+Data frames are compact JSON arrays, marker first; control replies are JSON
+objects. Every frame is encoded once here, by the publisher, and the same
+text is then written to every session: nothing downstream re-encodes.
+
+Values are normalised for the wire: ``Decimal`` becomes a JSON number with
+exactly its digits (never through float), datetimes become epoch
+milliseconds, and anything else orjson cannot encode becomes its ``str``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+QUOTE = "t"
+BALANCE = "b"
+TRADE = "o"
+ALERT = "a"
+NOTIFICATION = "n"
+ACCOUNT_MARKERS = frozenset({BALANCE, TRADE, ALERT})
+
+
+def now_ms() -> int:
+    """Current time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def to_epoch_ms(value: dt.datetime | int | float | None) -> int:
+    """Normalise a timestamp (aware datetime, epoch ms, or None for now)."""
+    if value is None:
+        return now_ms()
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return None
+        return orjson.Fragment(format(value, "f"))
+    if isinstance(value, dt.datetime):
+        return to_epoch_ms(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    """orjson with the wire normalisation of this module.
+
+    datetimes go through ``_default`` too (OPT_PASSTHROUGH_DATETIME) so they
+    become epoch milliseconds like every ``ts_ms`` of the protocol.
+    """
+    return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def quote(symbol: str, bid: float, ask: float, ts_ms: int) -> str:
+    """``["t", symbol, bid, ask, ts_ms]``."""
+    return orjson.dumps([QUOTE, symbol, bid, ask, ts_ms]).decode()
+
+
+def account_parts(marker: str, login: str, fields: Sequence[Any]) -> tuple[str, str]:
+    """Split ``[marker, login, seq, ...fields]`` around the seq.
+
+    The sequence number is only known when the frame is appended to the
+    login's history (atomically, in Redis or in-process), so the publisher
+    encodes everything else once and the store splices the number in.
+    """
+    head = dumps([marker, login]).decode()[:-1] + ","
+    body = dumps(list(fields)).decode()
+    tail = "]" if body == "[]" else "," + body[1:]
+    return head, tail
+
+
+def join_account(head: str, seq: int, tail: str) -> str:
+    """The full account frame for one sequence number."""
+    return f"{head}{seq}{tail}"
+
+
+def notification_parts(level: str, text: str, ts_ms: int, login: str | None) -> tuple[str, str]:
+    """``["n", login, seq, level, text, ts_ms]`` split around the seq."""
+    head = dumps([NOTIFICATION, login]).decode()[:-1] + ","
+    tail = "," + dumps([level, text, ts_ms]).decode()[1:]
+    return head, tail
+
+
+def broadcast_notification(level: str, text: str, ts_ms: int) -> str:
+    """``["n", null, null, level, text, ts_ms]``: to every session."""
+    return dumps([NOTIFICATION, None, None, level, text, ts_ms]).decode()
+
+
+def control(event: str, data: Any) -> str:
+    """A control reply: ``{"event": ..., "data": ...}``."""
+    return dumps({"event": event, "data": data}).decode()
+
+
+def error(code: str, message: str, **extra: Any) -> str:
+    """``{"event":"error","data":{"code":...,"message":...}}`` plus extras."""
+    return control("error", {"code": code, "message": message, **extra})
+
+
+def authorized(
+    user: str, logins: Iterable[str], expires_ms: int, seq: Mapping[str, int]
+) -> str:
+    """The reply to a successful ``authorization`` message."""
+    return control(
+        "authorized",
+        {"user": user, "logins": list(logins), "expires": expires_ms, "seq": dict(seq)},
+    )

@@ -1,0 +1,320 @@
+"""The per-process fan-out hub.
+
+One hub per server process (per event loop and backend) holds the only bus
+subscription of that process. It subscribes to a symbol's or a login's
+channel while at least one local session needs it and fans every message
+out to those sessions itself. A quote therefore costs the bus one delivery
+per interested process, and the frame the publisher encoded is written to
+every socket as is.
+
+Account frames carry their login's sequence number. The hub keeps, per
+login, the last seq it delivered; a frame that is not the next one is a
+gap (messages lost while the bus was down) and is filled from the login's
+history before anything later is delivered, so sessions see seq rise by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker_ws import groups
+from broker_ws.backends import Backend, get_backend
+from broker_ws.backends.base import unpack_account
+
+logger = logging.getLogger(__name__)
+
+
+class Session(Protocol):
+    """What the hub needs from a connected session."""
+
+    async def push(self, text: str) -> None:
+        """Send one frame to the client, in order."""
+
+
+@dataclass(eq=False)
+class LoginState:
+    """A login's local sessions and the last seq delivered to them."""
+
+    sessions: set[Session] = field(default_factory=set)
+    seq: int | None = None
+    pending: dict[int, str] = field(default_factory=dict)
+
+
+class Hub:
+    """Fan-out of one server process."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.subscriber = backend.connect(self._on_message)
+        if hasattr(self.subscriber, "on_reconnect"):
+            self.subscriber.on_reconnect = self._on_reconnect
+        self.quotes: dict[str, set[Session]] = {}
+        self.last_quote: dict[str, str] = {}
+        self.logins: dict[str, LoginState] = {}
+        self.everyone: set[Session] = set()
+        self.everyone_channel = groups.everyone_group()
+        self._inbox: deque[tuple[str, str]] = deque()
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._login_ready: dict[str, asyncio.Future[None]] = {}
+        self._started = False
+        self._pump_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect to the bus and start the fan-out task (idempotent)."""
+        async with self._lock:
+            if self._started:
+                return
+            await self.subscriber.start()
+            await self.subscriber.subscribe([self.everyone_channel])
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+            self._started = True
+
+    async def close(self) -> None:
+        """Stop fanning out and close the bus connection."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+        await self.subscriber.close()
+
+    # --- inbound ------------------------------------------------------------
+    def _on_message(self, channel: str, payload: str) -> None:
+        self._inbox.append((channel, payload))
+        self._wakeup.set()
+
+    def _on_reconnect(self) -> None:
+        # Frames published while the bus was down were never received: look
+        # for them in each login's history, in order, before live ones.
+        for channel in list(self.logins):
+            self._inbox.append((channel, ""))
+        self._wakeup.set()
+
+    async def _pump(self) -> None:
+        inbox = self._inbox
+        while True:
+            if not inbox:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            channel, payload = inbox.popleft()
+            try:
+                await self._dispatch(channel, payload)
+            except Exception:
+                logger.exception("broker_ws: fan-out of a message on %s failed", channel)
+
+    async def _dispatch(self, channel: str, payload: str) -> None:
+        sessions = self.quotes.get(channel)
+        if sessions is not None:
+            self.last_quote[channel] = payload
+            await _fan_out(sessions, payload)
+            return
+        state = self.logins.get(channel)
+        if state is not None:
+            await self._account(channel, state, payload)
+            return
+        if channel == self.everyone_channel:
+            await _fan_out(self.everyone, payload)
+
+    async def _account(self, channel: str, state: LoginState, payload: str) -> None:
+        if not payload:  # reconnect marker: check history for anything missed
+            if state.seq is not None:
+                await self._fill_from_history(channel, state, None)
+            return
+        seq, frame = unpack_account(payload)
+        if state.seq is None:
+            state.pending[seq] = frame
+            return
+        if seq <= state.seq:
+            return
+        if seq > state.seq + 1:
+            await self._fill_from_history(channel, state, (seq, frame))
+            return
+        state.seq = seq
+        await _fan_out(state.sessions, frame)
+
+    async def _fill_from_history(
+        self, channel: str, state: LoginState, live: tuple[int, str] | None
+    ) -> None:
+        assert state.seq is not None
+        frames = await self.subscriber.history(channel, state.seq)
+        if frames is None:
+            # History no longer reaches back: deliver what we have; the
+            # client sees the seq gap and reconciles over REST.
+            logger.warning("broker_ws: history of %s does not reach seq %s", channel, state.seq)
+            frames = [live] if live is not None else []
+        elif live is not None and (not frames or frames[-1][0] < live[0]):
+            frames.append(live)
+        for seq, frame in frames:
+            if seq > state.seq:
+                state.seq = seq
+                await _fan_out(state.sessions, frame)
+
+    # --- quotes ---------------------------------------------------------
+    async def add_quotes(self, session: Session, symbols: Sequence[str]) -> list[str]:
+        """Subscribe ``session`` to ``symbols``; return their last quote frames.
+
+        The session is registered before this returns, with no await between
+        reading the cached last quotes and registering, so the client gets the
+        snapshot and then every later quote, never an older one after a newer.
+        """
+        channels = [groups.quote_group(symbol) for symbol in symbols]
+        missing = [i for i, channel in enumerate(channels) if channel not in self.quotes]
+        if missing:
+            async with self._lock:
+                new = [i for i in missing if channels[i] not in self.quotes]
+                for i in new:
+                    self.quotes[channels[i]] = set()
+                try:
+                    await self.subscriber.subscribe(channels[i] for i in new)
+                    fetched = await self.subscriber.last_quotes([symbols[i] for i in new])
+                except BaseException:
+                    for i in new:
+                        if not self.quotes.get(channels[i]):
+                            self.quotes.pop(channels[i], None)
+                    raise
+                for i in new:
+                    frame = fetched.get(symbols[i])
+                    # A live quote that arrived meanwhile is newer: keep it.
+                    if frame is not None and channels[i] not in self.last_quote:
+                        self.last_quote[channels[i]] = frame
+        frames = []
+        for channel in channels:
+            self.quotes[channel].add(session)
+            frame = self.last_quote.get(channel)
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    def remove_quotes(self, session: Session, symbols: Iterable[str]) -> None:
+        """Unsubscribe ``session``; drop bus subscriptions nobody here needs."""
+        emptied = []
+        for symbol in symbols:
+            channel = groups.quote_group(symbol)
+            sessions = self.quotes.get(channel)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    emptied.append(channel)
+        if emptied:
+            asyncio.get_running_loop().create_task(self._release(emptied))
+
+    # --- logins ---------------------------------------------------------
+    async def add_logins(self, session: Session, logins: Sequence[str]) -> dict[str, int]:
+        """Register ``session`` for its logins' frames; return their current seq."""
+        seqs: dict[str, int] = {}
+        for login in logins:
+            channel = groups.login_group(login)
+            state = self.logins.get(channel)
+            if state is None or state.seq is None:
+                await self._ensure_login(channel)
+                state = self.logins[channel]
+            assert state.seq is not None
+            state.sessions.add(session)
+            seqs[login] = state.seq
+        self.everyone.add(session)
+        return seqs
+
+    async def _ensure_login(self, channel: str) -> None:
+        ready = self._login_ready.get(channel)
+        if ready is not None:
+            await asyncio.shield(ready)
+            if channel in self.logins and self.logins[channel].seq is not None:
+                return
+        ready = asyncio.get_running_loop().create_future()
+        self._login_ready[channel] = ready
+        try:
+            async with self._lock:
+                state = self.logins.setdefault(channel, LoginState())
+                if state.seq is None:
+                    await self.subscriber.subscribe([channel])
+                    state.seq = await self.subscriber.current_seq(channel)
+                    pending = sorted(state.pending.items())
+                    state.pending.clear()
+                    for seq, frame in pending:
+                        if seq == state.seq + 1:
+                            state.seq = seq
+                        elif seq > state.seq + 1:
+                            await self._fill_from_history(channel, state, (seq, frame))
+            ready.set_result(None)
+        except BaseException as exc:
+            state = self.logins.get(channel)
+            if state is not None and state.seq is None and not state.sessions:
+                del self.logins[channel]
+            ready.set_exception(exc)
+            ready.exception()  # mark retrieved; waiters re-raise via shield
+            raise
+        finally:
+            self._login_ready.pop(channel, None)
+
+    def remove_session(self, session: Session, symbols: Iterable[str], logins: Iterable[str]) -> None:
+        """Forget a closed session everywhere."""
+        self.remove_quotes(session, symbols)
+        self.everyone.discard(session)
+        emptied = []
+        for login in logins:
+            channel = groups.login_group(login)
+            state = self.logins.get(channel)
+            if state is not None:
+                state.sessions.discard(session)
+                if not state.sessions and state.seq is not None:
+                    emptied.append(channel)
+        if emptied:
+            asyncio.get_running_loop().create_task(self._release(emptied))
+
+    async def _release(self, channels: list[str]) -> None:
+        async with self._lock:
+            idle = []
+            for channel in channels:
+                if channel in self.quotes and not self.quotes[channel]:
+                    del self.quotes[channel]
+                    self.last_quote.pop(channel, None)
+                    idle.append(channel)
+                state = self.logins.get(channel)
+                if state is not None and not state.sessions and channel not in self._login_ready:
+                    del self.logins[channel]
+                    idle.append(channel)
+            if idle:
+                try:
+                    await self.subscriber.unsubscribe(idle)
+                except Exception as exc:
+                    logger.warning("broker_ws: unsubscribe failed (%s)", exc)
+
+
+async def _fan_out(sessions: set[Session], frame: str) -> None:
+    for session in tuple(sessions):
+        try:
+            await session.push(frame)
+        except Exception:
+            logger.exception("broker_ws: sending to a session failed")
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Hub]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def get_hub() -> Hub:
+    """The started hub of the running event loop for the current backend."""
+    loop = asyncio.get_running_loop()
+    backend = get_backend()
+    per_loop = _hubs.setdefault(loop, {})
+    hub = per_loop.get(id(backend))
+    if hub is None:
+        hub = Hub(backend)
+        per_loop[id(backend)] = hub
+    if not hub._started:
+        await hub.start()
+    return hub
+
+
+async def close_hubs() -> None:
+    """Close every hub of the running event loop (tests, graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    for hub in list(_hubs.pop(loop, {}).values()):
+        await hub.close()

@@ -1,0 +1,1 @@
+"""Demo Django project showing broker_ws wired to a stand-in broker backend."""

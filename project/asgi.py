@@ -1,0 +1,15 @@
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django_asgi_app = get_asgi_application()
+
+# Imported only after Django is set up; the split keeps isort happy whether or not broker_ws
+# is detected as first-party.
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+# isort: split
+from broker_ws.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})

@@ -1,0 +1,54 @@
+"""``manage.py rundemo``: daphne plus the demo quote feed in one process.
+
+The embedded demo keeps everything in one process (in-process backend), so
+the feed has to publish from inside the server process: it runs as a
+thread beside daphne. With ``REDIS_URL`` set, ``--no-feed`` and a separate
+``manage.py ws_demo_feed`` work as well.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from broker_ws.feed import DEFAULT_SYMBOLS, run_feed
+
+
+class Command(BaseCommand):
+    help = "Serve the demo with daphne (backlog 4096, no idle timeout) and run the quote feed."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--rate", type=float, default=5.0, help="feed quotes per second")
+        parser.add_argument("--no-feed", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from daphne.cli import CommandLineInterface
+
+        if not options["no_feed"]:
+            feed = threading.Thread(
+                target=run_feed,
+                kwargs={"symbols": list(DEFAULT_SYMBOLS), "rate": options["rate"]},
+                name="demo-feed",
+                daemon=True,
+            )
+            feed.start()
+        host, port = options["host"], options["port"]
+        self.stdout.write(
+            f"broker_ws demo on http://{host}:{port}/  (WebSocket ws://{host}:{port}/, "
+            f"admin http://{host}:{port}/admin/, Ctrl-C stops)"
+        )
+        self.stdout.flush()
+        # Twisted's default listen backlog of 50 makes 1000 simultaneous
+        # connects take ~13 s; daphne's default websocket_timeout closes every
+        # socket after a day.
+        CommandLineInterface().run(
+            [
+                "-e", f"tcp:port={port}:backlog=4096:interface={host}",
+                "--websocket_timeout", "-1",
+                "project.asgi:application",
+            ]
+        )

@@ -1,0 +1,215 @@
+"""Settings for the broker_ws demo project.
+
+Defaults give a zero-setup dev run (SQLite, in-memory channel layer); set DATABASE_URL and
+REDIS_URL to run several daphne processes against shared Postgres and Redis.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _postgres_from_url(url: str) -> dict[str, Any]:
+    """Parse a postgres:// URL by hand so the demo needs no dj-database-url."""
+    parts = urlsplit(url)
+    config: dict[str, Any] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+    # Query parameters (e.g. ?sslmode=require) are passed through to the driver.
+    options = dict(parse_qsl(parts.query))
+    if options:
+        config["OPTIONS"] = options
+    return config
+
+
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "django-insecure-broker-ws-demo-key-change-me-before-deploying"
+)
+DEBUG = _env_bool("DJANGO_DEBUG", True)
+ALLOWED_HOSTS = (
+    ["*"]
+    if DEBUG
+    else [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if h.strip()]
+)
+
+INSTALLED_APPS = [
+    # daphne first so that `runserver` serves ASGI (HTTP and WebSocket).
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt",
+    "channels",
+    "broker_ws",
+    "project.broker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "project.asgi.application"
+
+_database_url = os.environ.get("DATABASE_URL", "")
+if _database_url.startswith(("postgres://", "postgresql://")):
+    DATABASES = {"default": _postgres_from_url(_database_url)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": BASE_DIR / "demo.sqlite3",
+            # Wait for the lock instead of failing with "database is locked" when a second
+            # process (e.g. demo_data next to a running server) saves at the same time.
+            "OPTIONS": {"timeout": 20},
+        }
+    }
+
+REDIS_URL = os.environ.get("REDIS_URL")
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 defaults socket_timeout to 5 s, which kills the layer's
+                        # blocking reads; None lets them wait as long as they need.
+                        "socket_timeout": None,
+                        "socket_connect_timeout": 5,
+                        # A connect burst exhausts a small pool; leave plenty of headroom.
+                        "max_connections": 1000,
+                    }
+                ],
+                "capacity": 1500,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+}
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=15),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=1),
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": SECRET_KEY,
+}
+
+# broker_ws reads these keys itself; the project only declares them.
+BROKER_WS = {
+    "REDIS_URL": REDIS_URL,
+    "LOGIN_RESOLVER": "project.broker.logins.logins_for_user",
+    "BINDINGS": [
+        {
+            "model": "broker.Balance",
+            "marker": "b",
+            "login": "account.login",
+            "fields": ["currency", "balance", "equity", "margin", "free_margin", "updated_at"],
+        },
+        {
+            "model": "broker.Trade",
+            "marker": "o",
+            "login": "account.login",
+            "fields": [
+                "ticket",
+                "symbol",
+                "side",
+                "volume",
+                "open_price",
+                "close_price",
+                "profit",
+                "status",
+                "updated_at",
+            ],
+        },
+        {
+            "model": "broker.PriceAlert",
+            "marker": "a",
+            "login": "account.login",
+            "fields": ["id", "symbol", "condition", "price", "status", "updated_at"],
+        },
+    ],
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "simple": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "simple"},
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "broker_ws": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

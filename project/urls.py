@@ -1,0 +1,14 @@
+"""URL routes for the demo; WebSocket upgrades on "/" never reach these (see asgi.py)."""
+
+from django.contrib import admin
+from django.urls import path
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from project.broker.views import index
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
+    path("api/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
+    path("", index, name="index"),
+]

@@ -1,0 +1,25 @@
+"""Test settings: the demo project, quieter and faster.
+
+The demo's bindings and login resolver are what the tests exercise. Tests
+of the Redis backend switch BROKER_WS with ``override_settings`` (see
+``conftest.backend``), each under a key prefix of its own.
+"""
+
+from project.settings import *  # noqa: F403
+from project.settings import BROKER_WS as DEMO_BROKER_WS
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+        "TEST": {"NAME": "file:broker_ws_tests?mode=memory&cache=shared"},
+    }
+}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+BROKER_WS = {**DEMO_BROKER_WS, "REDIS_URL": None}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING"},
+}
