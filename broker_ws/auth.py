@@ -51,11 +51,13 @@ def get_login_resolver() -> LoginResolver:
     """The configured ``LOGIN_RESOLVER`` callable."""
     value = conf.LOGIN_RESOLVER
     if callable(value):
-        return value  # type: ignore[no-any-return]
+        return value
     try:
-        return import_string(value)  # type: ignore[no-any-return]
+        return import_string(value)
     except ImportError as exc:
-        raise ConfigurationError(f"BROKER_WS['LOGIN_RESOLVER'] = {value!r} cannot be imported") from exc
+        raise ConfigurationError(
+            f"BROKER_WS['LOGIN_RESOLVER'] = {value!r} cannot be imported"
+        ) from exc
 
 
 def validate_access_token(raw: str) -> Any:

@@ -12,10 +12,13 @@ or in code, ``broker_ws.bind(Balance, marker="b", login="account.login",
 fields=[...])``. ``login`` and each field are attribute paths (``a.b.c``) or
 callables taking the instance.
 
-The ``post_save`` handler only snapshots the instance, inside the
-transaction, and schedules the send with ``transaction.on_commit``: a
-rolled-back save sends nothing, and a failure of the bus after commit is
-logged, never raised into the code that saved.
+The ``post_save`` handler snapshots the instance and records the frame in
+the account-event outbox inside the saving transaction
+(:mod:`broker_ws.accounts`); it is published when that transaction commits.
+A rolled-back save sends nothing, and a failure of the bus after commit is
+logged, never raised into the code that saved. Wrap saves in
+``transaction.atomic()`` (the admin does) to make the frame atomic with the
+save; under autocommit it is recorded right after the save's own commit.
 """
 
 from __future__ import annotations
@@ -24,15 +27,14 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from django.apps import apps
-from django.db import DEFAULT_DB_ALIAS, models, router, transaction
+from django.db import models, router
 from django.db.models.signals import post_save
 
-from broker_ws import frames, groups
-from broker_ws.backends import get_backend
+from broker_ws import frames
+from broker_ws.accounts import emit
 from broker_ws.exceptions import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -119,7 +121,9 @@ def bind_from_settings(declared: Iterable[dict[str, Any]]) -> None:
     """
     for entry in declared if isinstance(declared, list | tuple) else ():
         try:
-            bind(entry["model"], marker=entry["marker"], login=entry["login"], fields=entry["fields"])
+            bind(
+                entry["model"], marker=entry["marker"], login=entry["login"], fields=entry["fields"]
+            )
         except (KeyError, TypeError, ValueError, LookupError, ConfigurationError):
             continue
 
@@ -135,8 +139,8 @@ def push_saved(instances: Iterable[models.Model], using: str | None = None) -> i
 
     ``bulk_create``, ``bulk_update`` and ``QuerySet.update()`` send no
     ``post_save``; pass the affected instances (re-read them after
-    ``update()``) and their frames go out when the current transaction
-    commits, like a save's. Returns how many frames were scheduled.
+    ``update()``), in the same transaction, and their frames go out when it
+    commits, like a save's. Returns how many frames were recorded.
     """
     return _schedule(instances, using)
 
@@ -144,27 +148,13 @@ def push_saved(instances: Iterable[models.Model], using: str | None = None) -> i
 def _schedule(instances: Iterable[models.Model], using: str | None) -> int:
     by_login: dict[str, list[tuple[str, str]]] = {}
     for instance in instances:
-        binding = _registry.get(type(instance)._meta.concrete_model)
+        binding = _registry.get(type(instance)._meta.concrete_model or type(instance))
         if binding is None:
             continue
         snapshot = binding.snapshot(instance)
         if snapshot is not None:
             login, parts = snapshot
             by_login.setdefault(login, []).append(parts)
-    if by_login:
-        transaction.on_commit(
-            partial(_send_committed, by_login), using=using or DEFAULT_DB_ALIAS, robust=True
-        )
-    return sum(len(parts) for parts in by_login.values())
-
-
-def _send_committed(by_login: dict[str, list[tuple[str, str]]]) -> None:
-    backend = get_backend()
-    for login, parts in by_login.items():
-        try:
-            backend.append_account(groups.login_group(login), parts)
-        except Exception as exc:
-            logger.error(
-                "broker_ws: %d committed account frame(s) of login %s were not sent: %s",
-                len(parts), login, exc,
-            )
+    if not by_login:
+        return 0
+    return len(emit(by_login, using))

@@ -41,9 +41,13 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
     symbols = conf.SYMBOLS
     if isinstance(symbols, str):
         errors += _check_callable("SYMBOLS", symbols, "broker_ws.E004")
-    elif symbols is not None and not callable(symbols) and (
-        not isinstance(symbols, list | tuple | set | frozenset)
-        or not all(isinstance(s, str) for s in symbols)
+    elif (
+        symbols is not None
+        and not callable(symbols)
+        and (
+            not isinstance(symbols, list | tuple | set | frozenset)
+            or not all(isinstance(s, str) for s in symbols)
+        )
     ):
         errors.append(
             Error(
@@ -51,9 +55,17 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
                 id="broker_ws.E004",
             )
         )
-    for name in ("SYMBOL_MAX_LENGTH", "MAX_MESSAGE_BYTES", "MAX_SUBSCRIPTIONS", "HISTORY_SIZE",
-                 "REDIS_MAX_CONNECTIONS", "AUTH_TIMEOUT"):
-        value = getattr(conf, name) if name != "AUTH_TIMEOUT" else user.get(name, 10)
+    for name in (
+        "SYMBOL_MAX_LENGTH",
+        "MAX_MESSAGE_BYTES",
+        "MAX_SUBSCRIPTIONS",
+        "HISTORY_SIZE",
+        "REDIS_MAX_CONNECTIONS",
+        "AUTH_TIMEOUT",
+        "OUTBOX_POLL_INTERVAL",
+    ):
+        # Raw values: the typed properties would raise on a non-number.
+        value = user.get(name, DEFAULTS[name])
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(
                 Error(f"BROKER_WS['{name}'] must be a positive number.", id="broker_ws.E005")
@@ -101,7 +113,9 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
         where = f"BROKER_WS['BINDINGS'][{index}]"
         if not isinstance(entry, dict) or {"model", "marker", "login", "fields"} - set(entry):
             errors.append(
-                Error(f"{where} needs the keys model, marker, login and fields.", id="broker_ws.E007")
+                Error(
+                    f"{where} needs the keys model, marker, login and fields.", id="broker_ws.E007"
+                )
             )
             continue
         try:

@@ -34,8 +34,13 @@ DEFAULTS: dict[str, Any] = {
     # error reply. Tokens are well under 2 KiB.
     "MAX_MESSAGE_BYTES": 16384,
     "MAX_SUBSCRIPTIONS": 500,
-    # Account frames kept per login for gap filling and resume.
+    # Account frames kept per login in the database outbox, for gap filling
+    # and resume.
     "HISTORY_SIZE": 1000,
+    # Seconds between two reads of the outbox by each server process, for
+    # account frames the bus did not bring (saved by another process without
+    # Redis, or published while Redis was down).
+    "OUTBOX_POLL_INTERVAL": 0.25,
     # Browser Origins accepted. None: the hosts of ALLOWED_HOSTS. Clients
     # that send no Origin (apps, bots) are always accepted.
     "ALLOWED_ORIGINS": None,
@@ -57,11 +62,11 @@ class Settings:
 
     @property
     def REDIS_URL(self) -> str | None:
-        return self._get("REDIS_URL")  # type: ignore[no-any-return]
+        return self._get("REDIS_URL")
 
     @property
     def KEY_PREFIX(self) -> str:
-        return self._get("KEY_PREFIX")  # type: ignore[no-any-return]
+        return self._get("KEY_PREFIX")
 
     @property
     def LOGIN_RESOLVER(self) -> Any:
@@ -73,7 +78,7 @@ class Settings:
 
     @property
     def SYMBOL_MAX_LENGTH(self) -> int:
-        return self._get("SYMBOL_MAX_LENGTH")  # type: ignore[no-any-return]
+        return self._get("SYMBOL_MAX_LENGTH")
 
     @property
     def AUTH_TIMEOUT(self) -> float:
@@ -81,27 +86,31 @@ class Settings:
 
     @property
     def MAX_MESSAGE_BYTES(self) -> int:
-        return self._get("MAX_MESSAGE_BYTES")  # type: ignore[no-any-return]
+        return self._get("MAX_MESSAGE_BYTES")
 
     @property
     def MAX_SUBSCRIPTIONS(self) -> int:
-        return self._get("MAX_SUBSCRIPTIONS")  # type: ignore[no-any-return]
+        return self._get("MAX_SUBSCRIPTIONS")
 
     @property
     def HISTORY_SIZE(self) -> int:
-        return self._get("HISTORY_SIZE")  # type: ignore[no-any-return]
+        return self._get("HISTORY_SIZE")
+
+    @property
+    def OUTBOX_POLL_INTERVAL(self) -> float:
+        return float(self._get("OUTBOX_POLL_INTERVAL"))
 
     @property
     def ALLOWED_ORIGINS(self) -> list[str] | None:
-        return self._get("ALLOWED_ORIGINS")  # type: ignore[no-any-return]
+        return self._get("ALLOWED_ORIGINS")
 
     @property
     def BINDINGS(self) -> list[dict[str, Any]]:
-        return self._get("BINDINGS")  # type: ignore[no-any-return]
+        return self._get("BINDINGS")
 
     @property
     def REDIS_MAX_CONNECTIONS(self) -> int:
-        return self._get("REDIS_MAX_CONNECTIONS")  # type: ignore[no-any-return]
+        return self._get("REDIS_MAX_CONNECTIONS")
 
 
 conf = Settings()

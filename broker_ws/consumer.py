@@ -33,6 +33,7 @@ from broker_ws.exceptions import AuthenticationError, ProtocolError
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
 from broker_ws.protocol import CloseCode, ErrorCode
+from broker_ws.resume import missed_frames
 from broker_ws.symbols import split_symbols
 
 logger = logging.getLogger(__name__)
@@ -166,16 +167,16 @@ class StreamConsumer(AsyncConsumer):
             return
         limit = conf.MAX_MESSAGE_BYTES
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
-            await self._error(
-                ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes"
-            )
+            await self._error(ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes")
             return
         try:
             command = protocol.parse(text)
             if isinstance(command, protocol.Authorize):
                 await self._authorize(command)
             elif self.identity is None:
-                raise ProtocolError(ErrorCode.NOT_AUTHORIZED, "send the authorization message first")
+                raise ProtocolError(
+                    ErrorCode.NOT_AUTHORIZED, "send the authorization message first"
+                )
             elif isinstance(command, protocol.Subscribe):
                 await self._subscribe(command)
             else:
@@ -208,7 +209,11 @@ class StreamConsumer(AsyncConsumer):
             hub = await self._get_hub()
             seqs = await hub.add_logins(self, identity.logins)
             self.identity = identity
-            replies.append(frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs))
+            replies.append(
+                frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs)
+            )
+            if command.resume:
+                replies.extend(await missed_frames(command.resume, seqs))
         self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
 
     async def _get_hub(self) -> Hub:
@@ -230,7 +235,9 @@ class StreamConsumer(AsyncConsumer):
             if refused:
                 replies.append(
                     frames.error(
-                        ErrorCode.INVALID_SYMBOLS, "these symbols are not available", symbols=refused
+                        ErrorCode.INVALID_SYMBOLS,
+                        "these symbols are not available",
+                        symbols=refused,
                     )
                 )
             if over:
@@ -249,4 +256,3 @@ class StreamConsumer(AsyncConsumer):
         if self.hub is not None and removed:
             self.hub.remove_quotes(self, removed)
         await self.push(frames.control("unsubscribed", list(command.symbols)))
-

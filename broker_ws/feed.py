@@ -35,6 +35,7 @@ class RandomWalk:
     prices: dict[str, float]
     volatility: float = 0.0002
     spread: float = 0.0001
+
     def __post_init__(self) -> None:
         self.rng = random.Random()
         self.digits = {s: (2 if p >= 100 else 5) for s, p in self.prices.items()}

@@ -28,6 +28,9 @@ ALERT = "a"
 NOTIFICATION = "n"
 ACCOUNT_MARKERS = frozenset({BALANCE, TRADE, ALERT})
 
+#: An account frame split around its seq: ``(head, tail)``.
+FrameParts = tuple[str, str]
+
 
 def now_ms() -> int:
     """Current time in epoch milliseconds."""
@@ -40,7 +43,7 @@ def to_epoch_ms(value: dt.datetime | int | float | None) -> int:
         return now_ms()
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return int(value.timestamp() * 1000)
     return int(value)
 
@@ -75,7 +78,7 @@ def quote(symbol: str, bid: float, ask: float, ts_ms: int) -> str:
     return orjson.dumps([QUOTE, symbol, bid, ask, ts_ms]).decode()
 
 
-def account_parts(marker: str, login: str, fields: Sequence[Any]) -> tuple[str, str]:
+def account_parts(marker: str, login: str, fields: Sequence[Any]) -> FrameParts:
     """Split ``[marker, login, seq, ...fields]`` around the seq.
 
     The sequence number is only known when the frame is appended to the
@@ -93,7 +96,7 @@ def join_account(head: str, seq: int, tail: str) -> str:
     return f"{head}{seq}{tail}"
 
 
-def notification_parts(level: str, text: str, ts_ms: int, login: str | None) -> tuple[str, str]:
+def notification_parts(level: str, text: str, ts_ms: int, login: str | None) -> FrameParts:
     """``["n", login, seq, level, text, ts_ms]`` split around the seq."""
     head = dumps([NOTIFICATION, login]).decode()[:-1] + ","
     tail = "," + dumps([level, text, ts_ms]).decode()[1:]
@@ -115,9 +118,7 @@ def error(code: str, message: str, **extra: Any) -> str:
     return control("error", {"code": code, "message": message, **extra})
 
 
-def authorized(
-    user: str, logins: Iterable[str], expires_ms: int, seq: Mapping[str, int]
-) -> str:
+def authorized(user: str, logins: Iterable[str], expires_ms: int, seq: Mapping[str, int]) -> str:
     """The reply to a successful ``authorization`` message."""
     return control(
         "authorized",

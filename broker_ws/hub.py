@@ -7,15 +7,19 @@ out to those sessions itself. A quote therefore costs the bus one delivery
 per interested process, and the frame the publisher encoded is written to
 every socket as is.
 
-Account frames carry their login's sequence number. The hub keeps, per
-login, the last seq it delivered; a frame that is not the next one is a
-gap (messages lost while the bus was down) and is filled from the login's
-history before anything later is delivered, so sessions see seq rise by one.
+Account frames carry their login's sequence number, given by the database
+outbox (:mod:`broker_ws.outbox`). The hub keeps, per login, the last seq it
+delivered and delivers only the next one: a frame that is not the next is a
+gap, filled from the outbox before anything later. A poller reads the
+outbox every ``OUTBOX_POLL_INTERVAL`` for frames the bus never brought
+(saved by another process without Redis, or published while Redis was
+down), so sessions see seq rise by one, with nothing missing or repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections import deque
@@ -23,11 +27,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from broker_ws import groups
+from channels.db import database_sync_to_async
+
+from broker_ws import groups, outbox
 from broker_ws.backends import Backend, get_backend
-from broker_ws.backends.base import unpack_account
+from broker_ws.backends.base import pack_account, unpack_account
+from broker_ws.conf import conf
+from broker_ws.cursor import OutboxCursor
 
 logger = logging.getLogger(__name__)
+
+#: Outbox rows re-read when a process starts polling, so that transactions
+#: still open at that moment are not skipped (see :mod:`broker_ws.cursor`).
+INITIAL_LOOKBACK = 1000
 
 
 class Session(Protocol):
@@ -39,8 +51,13 @@ class Session(Protocol):
 
 @dataclass(eq=False)
 class LoginState:
-    """A login's local sessions and the last seq delivered to them."""
+    """A login's local sessions and the last seq delivered to them.
 
+    ``seq`` is None until the current seq was read; frames arriving before
+    that wait in ``pending``.
+    """
+
+    login: str
     sessions: set[Session] = field(default_factory=set)
     seq: int | None = None
     pending: dict[int, str] = field(default_factory=dict)
@@ -52,35 +69,37 @@ class Hub:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.subscriber = backend.connect(self._on_message)
-        if hasattr(self.subscriber, "on_reconnect"):
-            self.subscriber.on_reconnect = self._on_reconnect
+        self.subscriber.on_reconnect = self._on_reconnect
         self.quotes: dict[str, set[Session]] = {}
         self.last_quote: dict[str, str] = {}
         self.logins: dict[str, LoginState] = {}
         self.everyone: set[Session] = set()
         self.everyone_channel = groups.everyone_group()
+        self.cursor: OutboxCursor | None = None
         self._inbox: deque[tuple[str, str]] = deque()
         self._wakeup = asyncio.Event()
+        self._poll_now = asyncio.Event()
         self._lock = asyncio.Lock()
         self._login_ready: dict[str, asyncio.Future[None]] = {}
         self._started = False
-        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Connect to the bus and start the fan-out task (idempotent)."""
+        """Connect to the bus and start the fan-out and outbox tasks (idempotent)."""
         async with self._lock:
             if self._started:
                 return
             await self.subscriber.start()
             await self.subscriber.subscribe([self.everyone_channel])
-            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._pump()), loop.create_task(self._poll_outbox())]
             self._started = True
 
     async def close(self) -> None:
         """Stop fanning out and close the bus connection."""
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            await asyncio.gather(self._pump_task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.subscriber.close()
 
     # --- inbound ------------------------------------------------------------
@@ -89,11 +108,8 @@ class Hub:
         self._wakeup.set()
 
     def _on_reconnect(self) -> None:
-        # Frames published while the bus was down were never received: look
-        # for them in each login's history, in order, before live ones.
-        for channel in list(self.logins):
-            self._inbox.append((channel, ""))
-        self._wakeup.set()
+        # Whatever was published while the bus was down is in the outbox.
+        self._poll_now.set()
 
     async def _pump(self) -> None:
         inbox = self._inbox
@@ -116,44 +132,64 @@ class Hub:
             return
         state = self.logins.get(channel)
         if state is not None:
-            await self._account(channel, state, payload)
+            await self._account(state, payload)
             return
         if channel == self.everyone_channel:
             await _fan_out(self.everyone, payload)
 
-    async def _account(self, channel: str, state: LoginState, payload: str) -> None:
-        if not payload:  # reconnect marker: check history for anything missed
-            if state.seq is not None:
-                await self._fill_from_history(channel, state, None)
-            return
+    async def _account(self, state: LoginState, payload: str) -> None:
         seq, frame = unpack_account(payload)
         if state.seq is None:
             state.pending[seq] = frame
             return
         if seq <= state.seq:
-            return
+            return  # already delivered (bus and outbox both bring every frame)
         if seq > state.seq + 1:
-            await self._fill_from_history(channel, state, (seq, frame))
+            await self._fill_gap(state, seq, frame)
             return
         state.seq = seq
         await _fan_out(state.sessions, frame)
 
-    async def _fill_from_history(
-        self, channel: str, state: LoginState, live: tuple[int, str] | None
-    ) -> None:
+    async def _fill_gap(self, state: LoginState, seq: int, frame: str) -> None:
+        """Deliver the frames between the last delivered one and ``seq``, then it."""
         assert state.seq is not None
-        frames = await self.subscriber.history(channel, state.seq)
-        if frames is None:
-            # History no longer reaches back: deliver what we have; the
-            # client sees the seq gap and reconciles over REST.
-            logger.warning("broker_ws: history of %s does not reach seq %s", channel, state.seq)
-            frames = [live] if live is not None else []
-        elif live is not None and (not frames or frames[-1][0] < live[0]):
-            frames.append(live)
-        for seq, frame in frames:
-            if seq > state.seq:
-                state.seq = seq
-                await _fan_out(state.sessions, frame)
+        missed = await database_sync_to_async(outbox.history)(state.login, state.seq)
+        if missed is None:
+            # Pruned meanwhile: deliver what follows; the client sees the
+            # gap in seq and reconciles over REST.
+            logger.warning("broker_ws: history of %s does not reach seq %s", state.login, state.seq)
+            missed = []
+        for event in missed:
+            if event.seq > state.seq and event.seq <= seq:
+                state.seq = event.seq
+                await _fan_out(state.sessions, event.frame)
+        if seq > state.seq:
+            state.seq = seq
+            await _fan_out(state.sessions, frame)
+
+    # --- outbox -------------------------------------------------------------
+    async def _poll_outbox(self) -> None:
+        """Read frames the bus did not bring, every ``OUTBOX_POLL_INTERVAL``."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), conf.OUTBOX_POLL_INTERVAL)
+            self._poll_now.clear()
+            if not self.logins or self.cursor is None:
+                continue
+            try:
+                await self._read_outbox(self.cursor)
+            except Exception as exc:
+                logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
+
+    async def _read_outbox(self, cursor: OutboxCursor) -> None:
+        events = await database_sync_to_async(outbox.read_after)(cursor.position, cursor.missing())
+        cursor.advance(event.id for event in events)
+        for event in events:
+            channel = groups.login_group(event.login)
+            if channel in self.logins:
+                self._inbox.append((channel, pack_account(event.seq, event.frame)))
+        if events:
+            self._wakeup.set()
 
     # --- quotes ---------------------------------------------------------
     async def add_quotes(self, session: Session, symbols: Sequence[str]) -> list[str]:
@@ -206,13 +242,16 @@ class Hub:
 
     # --- logins ---------------------------------------------------------
     async def add_logins(self, session: Session, logins: Sequence[str]) -> dict[str, int]:
-        """Register ``session`` for its logins' frames; return their current seq."""
+        """Register ``session`` for its logins' frames; return their current seq.
+
+        Every frame with a higher seq reaches the session after this returns.
+        """
         seqs: dict[str, int] = {}
         for login in logins:
             channel = groups.login_group(login)
             state = self.logins.get(channel)
             if state is None or state.seq is None:
-                await self._ensure_login(channel)
+                await self._ensure_login(channel, login)
                 state = self.logins[channel]
             assert state.seq is not None
             state.sessions.add(session)
@@ -220,7 +259,7 @@ class Hub:
         self.everyone.add(session)
         return seqs
 
-    async def _ensure_login(self, channel: str) -> None:
+    async def _ensure_login(self, channel: str, login: str) -> None:
         ready = self._login_ready.get(channel)
         if ready is not None:
             await asyncio.shield(ready)
@@ -230,21 +269,26 @@ class Hub:
         self._login_ready[channel] = ready
         try:
             async with self._lock:
-                state = self.logins.setdefault(channel, LoginState())
+                if self.cursor is None:
+                    last = await database_sync_to_async(outbox.last_id)()
+                    self.cursor = OutboxCursor(max(last - INITIAL_LOOKBACK, 0))
+                state = self.logins.setdefault(channel, LoginState(login))
                 if state.seq is None:
+                    # Subscribe first, then read: a frame committed in between
+                    # arrives on the bus and waits in ``pending``.
                     await self.subscriber.subscribe([channel])
-                    state.seq = await self.subscriber.current_seq(channel)
-                    pending = sorted(state.pending.items())
+                    current = await database_sync_to_async(outbox.current_seqs)([login])
+                    state.seq = current[login]
+                    # Frames that arrived meanwhile go back through the pump,
+                    # which runs only after the caller registered its session.
+                    for seq, frame in sorted(state.pending.items()):
+                        self._inbox.append((channel, pack_account(seq, frame)))
                     state.pending.clear()
-                    for seq, frame in pending:
-                        if seq == state.seq + 1:
-                            state.seq = seq
-                        elif seq > state.seq + 1:
-                            await self._fill_from_history(channel, state, (seq, frame))
+                    self._wakeup.set()
             ready.set_result(None)
         except BaseException as exc:
-            state = self.logins.get(channel)
-            if state is not None and state.seq is None and not state.sessions:
+            failed = self.logins.get(channel)
+            if failed is not None and failed.seq is None and not failed.sessions:
                 del self.logins[channel]
             ready.set_exception(exc)
             ready.exception()  # mark retrieved; waiters re-raise via shield
@@ -252,7 +296,9 @@ class Hub:
         finally:
             self._login_ready.pop(channel, None)
 
-    def remove_session(self, session: Session, symbols: Iterable[str], logins: Iterable[str]) -> None:
+    def remove_session(
+        self, session: Session, symbols: Iterable[str], logins: Iterable[str]
+    ) -> None:
         """Forget a closed session everywhere."""
         self.remove_quotes(session, symbols)
         self.everyone.discard(session)

@@ -22,7 +22,7 @@ from broker_ws.conf import conf
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value  # type: ignore[no-any-return]
+            return value
     return None
 
 

@@ -65,9 +65,13 @@ class ErrorCode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Authorize:
-    """``{"authorization": "<JWT>"}``."""
+    """``{"authorization": "<JWT>", "resume": {"<login>": <last seq seen>}}``.
+
+    ``resume`` is optional: the frames missed since a previous session.
+    """
 
     token: str
+    resume: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,7 @@ def parse(text: str) -> Command:
         token = message["authorization"]
         if not isinstance(token, str) or not token:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "authorization must be a non-empty string")
-        return Authorize(token)
+        return Authorize(token, _resume(message.get("resume")))
     event = message.get("event")
     if event in ("subscribe", "unsubscribe"):
         symbols = _symbol_list(message.get("data"))
@@ -107,6 +111,18 @@ def parse(text: str) -> Command:
     if not isinstance(event, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message needs an 'event' or 'authorization'")
     raise ProtocolError(ErrorCode.UNKNOWN_EVENT, "unknown event", event=event[:64])
+
+
+def _resume(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 for seq in value.values()
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, "resume must map logins to the last seq seen (integers >= 0)"
+        )
+    return value
 
 
 def _symbol_list(data: Any) -> tuple[str, ...]:

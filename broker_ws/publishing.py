@@ -1,10 +1,13 @@
 """Publishing from any process: quotes, account frames, notifications.
 
-Each function encodes its frame once and hands it to the configured backend.
-The sync functions are safe from any thread (a request worker, a Celery
-task, a shell, a feed loop) and reuse one connection pool per process, so
-they never pay the per-call connection that ``async_to_sync(group_send)``
-costs. The async ones are for code already running in an event loop.
+Each function encodes its frame once. Quotes and broadcasts go straight to
+the configured backend; account frames and per-login notifications go
+through the database outbox (:mod:`broker_ws.accounts`), which numbers them
+and publishes them when the current transaction commits. The sync functions
+are safe from any thread (a request worker, a Celery task, a shell, a feed
+loop) and reuse one connection pool per process, so they never pay the
+per-call connection that ``async_to_sync(group_send)`` costs. The async ones
+are for code already running in an event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from channels.db import database_sync_to_async
+
 from broker_ws import frames, groups
+from broker_ws.accounts import emit
 from broker_ws.backends import get_backend
 
 Timestamp = dt.datetime | int | float | None
@@ -50,56 +56,52 @@ async def apublish_quote(symbol: str, bid: float, ask: float, ts: Timestamp = No
     await get_backend().apublish_quote(channel, symbol, frame)
 
 
-def _account(marker: str, login: str, fields: Sequence[Any]) -> tuple[str, tuple[str, str]]:
+def _account_parts(marker: str, fields: Sequence[Any], login: str) -> frames.FrameParts:
     if marker not in frames.ACCOUNT_MARKERS:
         raise ValueError(f"marker must be one of {sorted(frames.ACCOUNT_MARKERS)}, not {marker!r}")
-    login = str(login)
-    return groups.login_group(login), frames.account_parts(marker, login, fields)
+    return frames.account_parts(marker, login, fields)
 
 
 def push(login: str, marker: str, fields: Sequence[Any]) -> int:
-    """Send ``[marker, login, seq, *fields]`` to every session of ``login`` now.
+    """Send ``[marker, login, seq, *fields]`` to every session of ``login``.
 
     Model saves do this by themselves (see :mod:`broker_ws.bindings`); call
-    it for account events that are not model saves. Returns the seq given.
+    it for account events that are not model saves. Inside
+    ``transaction.atomic()`` the frame is sent only if that transaction
+    commits. Returns the seq given.
     """
-    channel, parts = _account(marker, login, fields)
-    return get_backend().append_account(channel, [parts])[0]
+    login = str(login)
+    return emit({login: [_account_parts(marker, fields, login)]})[0].seq
 
 
 async def apush(login: str, marker: str, fields: Sequence[Any]) -> int:
-    """Async :func:`push`."""
-    channel, parts = _account(marker, login, fields)
-    return (await get_backend().aappend_account(channel, [parts]))[0]
+    """Async :func:`push` (the outbox write runs in Django's database thread)."""
+    return await database_sync_to_async(push)(login, marker, fields)
 
 
-def _notification(text: str, level: str, login: str | None) -> tuple[str, int]:
+def _broadcast(text: str, level: str) -> str:
     if not isinstance(text, str) or not isinstance(level, str):
         raise TypeError("text and level must be strings")
-    return (groups.login_group(str(login)) if login is not None else groups.everyone_group(),
-            frames.now_ms())
+    return frames.broadcast_notification(level, text, frames.now_ms())
 
 
 def notify(text: str, level: str = "info", login: str | None = None) -> int | None:
-    """Send a notification to one login (with its seq) or to every session.
+    """Send a notification to one login (numbered, like account frames) or to every session.
 
     Returns the seq given for a login, None for a broadcast.
     """
-    channel, ts_ms = _notification(text, level, login)
-    backend = get_backend()
+    frame = _broadcast(text, level)  # validates the arguments either way
     if login is None:
-        backend.publish(channel, frames.broadcast_notification(level, text, ts_ms))
+        get_backend().publish(groups.everyone_group(), frame)
         return None
-    parts = frames.notification_parts(level, text, ts_ms, str(login))
-    return backend.append_account(channel, [parts])[0]
+    login = str(login)
+    parts = frames.notification_parts(level, text, frames.now_ms(), login)
+    return emit({login: [parts]})[0].seq
 
 
 async def anotify(text: str, level: str = "info", login: str | None = None) -> int | None:
     """Async :func:`notify`."""
-    channel, ts_ms = _notification(text, level, login)
-    backend = get_backend()
     if login is None:
-        await backend.apublish(channel, frames.broadcast_notification(level, text, ts_ms))
+        await get_backend().apublish(groups.everyone_group(), _broadcast(text, level))
         return None
-    parts = frames.notification_parts(level, text, ts_ms, str(login))
-    return (await backend.aappend_account(channel, [parts]))[0]
+    return await database_sync_to_async(notify)(text, level, login)

@@ -28,9 +28,9 @@ def _policy() -> Callable[[str], bool] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return import_string(value)  # type: ignore[no-any-return]
+        return import_string(value)
     if callable(value):
-        return value  # type: ignore[no-any-return]
+        return value
     allowed = frozenset(value)
     return allowed.__contains__
 

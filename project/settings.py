@@ -97,13 +97,23 @@ _database_url = os.environ.get("DATABASE_URL", "")
 if _database_url.startswith(("postgres://", "postgresql://")):
     DATABASES = {"default": _postgres_from_url(_database_url)}
 else:
+    # DATABASE_URL=sqlite:////absolute/path.sqlite3 picks another SQLite file.
+    _sqlite_path = unquote(urlsplit(_database_url).path) if _database_url else ""
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": BASE_DIR / "demo.sqlite3",
-            # Wait for the lock instead of failing with "database is locked" when a second
-            # process (e.g. demo_data next to a running server) saves at the same time.
-            "OPTIONS": {"timeout": 20},
+            "NAME": _sqlite_path or BASE_DIR / "demo.sqlite3",
+            "OPTIONS": {
+                # Wait for the lock instead of failing with "database is locked" when a
+                # second process (a shell, demo_data) saves while the server does.
+                "timeout": 20,
+                # Take the write lock when a transaction starts: a save's transaction
+                # also numbers its account frame, and SQLite cannot upgrade a read
+                # lock to a write lock without failing at once under contention.
+                "transaction_mode": "IMMEDIATE",
+                # Readers (the outbox poller) do not block writers.
+                "init_command": "PRAGMA journal_mode=WAL;",
+            },
         }
     }
 

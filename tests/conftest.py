@@ -7,6 +7,7 @@ under a key prefix of its own that is deleted afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -162,7 +163,5 @@ async def client_factory() -> AsyncIterator[Any]:
 
     yield factory
     for client in clients:
-        try:
+        with contextlib.suppress(Exception):  # already closed by the server
             await client.close()
-        except Exception:  # already closed by the server
-            pass

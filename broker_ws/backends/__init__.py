@@ -21,7 +21,7 @@ _lock = threading.Lock()
 def get_backend() -> Backend:
     """The backend for the current settings."""
     url = conf.REDIS_URL
-    key = (url, conf.KEY_PREFIX, conf.HISTORY_SIZE, conf.REDIS_MAX_CONNECTIONS)
+    key = (url, conf.KEY_PREFIX, conf.REDIS_MAX_CONNECTIONS)
     backend = _backends.get(key)
     if backend is not None:
         return backend
@@ -31,10 +31,10 @@ def get_backend() -> Backend:
             if url:
                 from broker_ws.backends.redis import RedisBackend
 
-                backend = RedisBackend(url, conf.KEY_PREFIX, conf.HISTORY_SIZE, conf.REDIS_MAX_CONNECTIONS)
+                backend = RedisBackend(url, conf.KEY_PREFIX, conf.REDIS_MAX_CONNECTIONS)
             else:
                 from broker_ws.backends.memory import MemoryBackend
 
-                backend = MemoryBackend(conf.HISTORY_SIZE)
+                backend = MemoryBackend()
             _backends[key] = backend
     return backend

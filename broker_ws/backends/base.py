@@ -1,17 +1,16 @@
-"""What a backend gives broker_ws: a fan-out bus plus the shared state.
+"""What a backend gives broker_ws: a fan-out bus plus the last quotes.
 
 Two halves:
 
 * the publisher half (sync and async), callable from any process that
   publishes: a feed, a view, a task, a shell;
 * the server half, used by the :class:`~broker_ws.hub.Hub` of a server
-  process: subscribe to bus channels, read last quotes, sequence numbers
-  and history.
+  process: subscribe to bus channels and read last quotes.
 
-Account frames are appended to a login's history, given the next sequence
-number and published as one atomic step, so every subscriber sees a login's
-frames in seq order whichever process saved them. The payload published on
-a login channel is ``"<seq> <frame>"``; on other channels it is the frame.
+Account frames are numbered and stored by the database outbox
+(:mod:`broker_ws.outbox`) before they reach a backend; the bus only carries
+them fast. The payload published on a login channel is ``"<seq> <frame>"``;
+on other channels it is the frame.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 #: Called by a backend for every bus message: ``(channel, payload)``.
 MessageHandler = Callable[[str, str], None]
-
-AccountParts = Sequence[tuple[str, str]]
 
 
 def pack_account(seq: int, frame: str) -> str:
@@ -49,24 +46,17 @@ class Backend(abc.ABC):
         """Async :meth:`publish_quote`."""
 
     @abc.abstractmethod
-    def append_account(self, channel: str, parts: AccountParts) -> list[int]:
-        """Number, store and publish account frames of one login, in order.
-
-        ``parts`` are ``(head, tail)`` pairs from :mod:`broker_ws.frames`;
-        returns the sequence numbers given.
-        """
+    def publish(self, channel: str, payload: str) -> None:
+        """Publish a payload that has no state here (account frames, broadcasts)."""
 
     @abc.abstractmethod
-    async def aappend_account(self, channel: str, parts: AccountParts) -> list[int]:
-        """Async :meth:`append_account`."""
-
-    @abc.abstractmethod
-    def publish(self, channel: str, frame: str) -> None:
-        """Publish a frame that has no state (broadcast notifications)."""
-
-    @abc.abstractmethod
-    async def apublish(self, channel: str, frame: str) -> None:
+    async def apublish(self, channel: str, payload: str) -> None:
         """Async :meth:`publish`."""
+
+    def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Publish ``(channel, payload)`` pairs in order (one round trip where possible)."""
+        for channel, payload in messages:
+            self.publish(channel, payload)
 
     # --- server half ----------------------------------------------------
     @abc.abstractmethod
@@ -76,6 +66,10 @@ class Backend(abc.ABC):
 
 class Subscriber(abc.ABC):
     """The server half: one per server process (per event loop)."""
+
+    #: Called after the bus connection was lost and restored: whatever was
+    #: published meanwhile never arrived and must be read back elsewhere.
+    on_reconnect: Callable[[], None] | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -96,11 +90,3 @@ class Subscriber(abc.ABC):
     @abc.abstractmethod
     async def last_quotes(self, symbols: Sequence[str]) -> dict[str, str]:
         """Last quote frame of each symbol that has one."""
-
-    @abc.abstractmethod
-    async def current_seq(self, channel: str) -> int:
-        """Last sequence number given on a login channel (0 if none)."""
-
-    @abc.abstractmethod
-    async def history(self, channel: str, after: int) -> list[tuple[int, str]] | None:
-        """Frames with seq > ``after``, in order; None when history is too short."""

@@ -4,10 +4,9 @@
   server process holds ONE pub/sub connection and subscribes to a symbol's
   channel only while a local session wants it, so a quote costs one Redis
   delivery per interested process, not per session.
-* Account frames: a Lua script increments the login's counter, splices the
-  number into the frame, appends it to the login's history and publishes
-  it. Redis runs scripts atomically, so publish order is seq order across
-  every publisher process.
+* Account frames arrive already numbered and stored by the database
+  outbox; Redis only carries them to the server processes, fast. What a
+  Redis outage loses, the servers read back from the outbox.
 
 Connection settings are explicit because redis-py's defaults bite here
 (see docs/deployment in the README): commands get a 5 s ``socket_timeout``
@@ -29,7 +28,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from broker_ws.backends.base import AccountParts, Backend, MessageHandler, Subscriber
+from broker_ws.backends.base import Backend, MessageHandler, Subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -37,36 +36,6 @@ COMMAND_TIMEOUT = 5.0
 POOL_WAIT = 5.0
 HEALTH_CHECK_INTERVAL = 10
 READ_POLL = 5.0
-
-_APPEND = """
-local size = tonumber(ARGV[2])
-local out = {}
-local i = 3
-while i < #ARGV do
-  local seq = redis.call('INCR', KEYS[1])
-  local frame = ARGV[i] .. seq .. ARGV[i + 1]
-  redis.call('RPUSH', KEYS[2], frame)
-  redis.call('PUBLISH', ARGV[1], seq .. ' ' .. frame)
-  out[#out + 1] = seq
-  i = i + 2
-end
-redis.call('LTRIM', KEYS[2], -size, -1)
-return out
-"""
-
-# Returns {current, 1, frames...} or {current, 0} when history is too short.
-_HISTORY = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local after = tonumber(ARGV[1])
-if after >= cur then return {cur, 1} end
-local len = redis.call('LLEN', KEYS[2])
-if after + 1 < cur - len + 1 then return {cur, 0} end
-local out = {cur, 1}
-for _, frame in ipairs(redis.call('LRANGE', KEYS[2], len - (cur - after), -1)) do
-  out[#out + 1] = frame
-end
-return out
-"""
 
 
 def _pool_kwargs(max_connections: int) -> dict[str, Any]:
@@ -81,10 +50,9 @@ def _pool_kwargs(max_connections: int) -> dict[str, Any]:
 class RedisBackend(Backend):
     """Publisher half over a thread-safe sync pool; async pools per event loop."""
 
-    def __init__(self, url: str, prefix: str, history_size: int, max_connections: int) -> None:
+    def __init__(self, url: str, prefix: str, max_connections: int) -> None:
         self.url = url
         self.prefix = prefix
-        self.history_size = history_size
         self.max_connections = max_connections
         self._sync: redis.Redis | None = None
         self._sync_lock = threading.Lock()
@@ -95,12 +63,6 @@ class RedisBackend(Backend):
     # --- keys ------------------------------------------------------------
     def last_key(self) -> str:
         return f"{self.prefix}:last"
-
-    def seq_key(self, channel: str) -> str:
-        return f"{channel}:seq"
-
-    def history_key(self, channel: str) -> str:
-        return f"{channel}:history"
 
     # --- clients ---------------------------------------------------------
     @property
@@ -126,12 +88,6 @@ class RedisBackend(Backend):
             self._async[loop] = client
         return client
 
-    def _append_args(self, channel: str, parts: AccountParts) -> tuple[list[str], list[Any]]:
-        args: list[Any] = [channel, self.history_size]
-        for head, tail in parts:
-            args.extend((head, tail))
-        return [self.seq_key(channel), self.history_key(channel)], args
-
     # --- publisher half ----------------------------------------------------
     def publish_quote(self, channel: str, symbol: str, frame: str) -> None:
         pipe = self.sync_client.pipeline(transaction=False)
@@ -145,21 +101,18 @@ class RedisBackend(Backend):
         pipe.publish(channel, frame)
         await pipe.execute()
 
-    def append_account(self, channel: str, parts: AccountParts) -> list[int]:
-        keys, args = self._append_args(channel, parts)
-        result = self.sync_client.eval(_APPEND, len(keys), *keys, *args)
-        return [int(seq) for seq in result]  # type: ignore[union-attr]
+    def publish(self, channel: str, payload: str) -> None:
+        self.sync_client.publish(channel, payload)
 
-    async def aappend_account(self, channel: str, parts: AccountParts) -> list[int]:
-        keys, args = self._append_args(channel, parts)
-        result = await self.async_client().eval(_APPEND, len(keys), *keys, *args)  # type: ignore[misc]
-        return [int(seq) for seq in result]
+    async def apublish(self, channel: str, payload: str) -> None:
+        await self.async_client().publish(channel, payload)
 
-    def publish(self, channel: str, frame: str) -> None:
-        self.sync_client.publish(channel, frame)
-
-    async def apublish(self, channel: str, frame: str) -> None:
-        await self.async_client().publish(channel, frame)
+    def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        # One round trip for everything a commit sends, in order.
+        pipe = self.sync_client.pipeline(transaction=False)
+        for channel, payload in messages:
+            pipe.publish(channel, payload)
+        pipe.execute()
 
     def connect(self, handler: MessageHandler) -> RedisSubscriber:
         return RedisSubscriber(self, handler)
@@ -185,7 +138,6 @@ class RedisSubscriber(Subscriber):
         self.pubsub = self._pubsub_client.pubsub()
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self.on_reconnect: Any = None
 
     async def start(self) -> None:
         await self.pubsub.connect()
@@ -259,15 +211,8 @@ class RedisSubscriber(Subscriber):
         if not symbols:
             return {}
         values = await self.client.hmget(self.backend.last_key(), list(symbols))
-        return {s: v.decode() for s, v in zip(symbols, values, strict=True) if v is not None}
-
-    async def current_seq(self, channel: str) -> int:
-        value = await self.client.get(self.backend.seq_key(channel))
-        return int(value) if value is not None else 0
-
-    async def history(self, channel: str, after: int) -> list[tuple[int, str]] | None:
-        keys = [self.backend.seq_key(channel), self.backend.history_key(channel)]
-        result = await self.client.eval(_HISTORY, 2, *keys, after)  # type: ignore[misc]
-        if int(result[1]) == 0:
-            return None
-        return [(after + 1 + i, frame.decode()) for i, frame in enumerate(result[2:])]
+        return {
+            s: v.decode() if isinstance(v, bytes) else v
+            for s, v in zip(symbols, values, strict=True)
+            if v is not None
+        }

@@ -17,7 +17,9 @@ class Command(BaseCommand):
             "--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated symbols"
         )
         parser.add_argument("--rate", type=float, default=10.0, help="quotes per second in total")
-        parser.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+        parser.add_argument(
+            "--duration", type=float, default=None, help="seconds (default: forever)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         symbols = [s for s in options["symbols"].split(",") if s]

@@ -8,6 +8,7 @@ signing key), subscribes to ``--symbols`` and prints frames as they arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -25,15 +26,17 @@ class Command(BaseCommand):
         who.add_argument("--user", help="mint an access token for this username")
         parser.add_argument("--symbols", default="", help="comma-separated symbols to subscribe")
         parser.add_argument("--count", type=int, default=0, help="exit after N frames (0: never)")
-        parser.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0: never)")
+        parser.add_argument(
+            "--timeout", type=float, default=0, help="exit after S seconds (0: never)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         token = options["token"] or self._mint(options["user"])
         symbols = [s for s in options["symbols"].split(",") if s]
-        try:
-            asyncio.run(self._tail(options["url"], token, symbols, options["count"], options["timeout"]))
-        except KeyboardInterrupt:
-            pass
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                self._tail(options["url"], token, symbols, options["count"], options["timeout"])
+            )
 
     def _mint(self, username: str) -> str:
         from rest_framework_simplejwt.tokens import AccessToken
@@ -44,7 +47,9 @@ class Command(BaseCommand):
             raise CommandError(f"no user {username!r}") from exc
         return str(AccessToken.for_user(user))
 
-    async def _tail(self, url: str, token: str, symbols: list[str], count: int, timeout: float) -> None:
+    async def _tail(
+        self, url: str, token: str, symbols: list[str], count: int, timeout: float
+    ) -> None:
         import websockets
 
         async with websockets.connect(url, open_timeout=10) as ws:

@@ -47,8 +47,10 @@ class Command(BaseCommand):
         # socket after a day.
         CommandLineInterface().run(
             [
-                "-e", f"tcp:port={port}:backlog=4096:interface={host}",
-                "--websocket_timeout", "-1",
+                "-e",
+                f"tcp:port={port}:backlog=4096:interface={host}",
+                "--websocket_timeout",
+                "-1",
                 "project.asgi:application",
             ]
         )

@@ -1,0 +1,53 @@
+"""The account-event outbox: the source of truth for account frames.
+
+Every account frame (``b``, ``o``, ``a``, per-login ``n``) is written here in
+the same database transaction as the save that caused it, with the login's
+next sequence number. The bus (in-process or Redis pub/sub) only makes
+delivery fast; what it misses (a save in another process without Redis, a
+publish while Redis was down) each server process reads back from this
+table. A rolled-back save leaves no row, and a committed one is never lost.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class LoginSequence(models.Model):
+    """The last sequence number given to a login.
+
+    Incremented in the saving transaction: the row lock it takes orders
+    concurrent transactions of one login, so seq order is commit order.
+    """
+
+    login = models.CharField(max_length=191, primary_key=True)
+    seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "login sequence"
+
+    def __str__(self) -> str:
+        return f"{self.login}: {self.seq}"
+
+
+class AccountEvent(models.Model):
+    """One account frame, encoded as sent, kept for delivery, gap filling and resume.
+
+    The newest ``BROKER_WS['HISTORY_SIZE']`` rows of each login are kept;
+    older ones are pruned by the transaction that writes a new one.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    login = models.CharField(max_length=191)
+    seq = models.BigIntegerField()
+    frame = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "account event"
+        constraints = [
+            models.UniqueConstraint(fields=["login", "seq"], name="broker_ws_event_login_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.login}#{self.seq}"

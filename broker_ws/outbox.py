@@ -1,0 +1,124 @@
+"""Database side of account frames: numbering, recording and reading back.
+
+Write path (:func:`record`), called inside the saving transaction: take the
+login's next sequence numbers, splice them into the frames encoded by
+:mod:`broker_ws.frames`, insert the rows and prune the login's history.
+
+Read path, called by server processes through ``database_sync_to_async``:
+the current seq of logins (:func:`current_seqs`), a login's frames after a
+seq (:func:`history`) and every row after a cursor (:func:`read_after`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from django.db import connections, transaction
+from django.db.models import F, Max
+
+from broker_ws.frames import FrameParts, join_account
+from broker_ws.models import AccountEvent, LoginSequence
+
+
+class Event(NamedTuple):
+    """One recorded account frame."""
+
+    id: int
+    login: str
+    seq: int
+    frame: str
+
+
+_UPSERT = (
+    "INSERT INTO {table} (login, seq) VALUES (%s, %s) "
+    "ON CONFLICT (login) DO UPDATE SET seq = {table}.seq + excluded.seq RETURNING seq"
+)
+
+
+def _allocate(login: str, count: int, using: str) -> int:
+    """Reserve ``count`` sequence numbers of ``login``; return the last one.
+
+    One upsert where the database has ``ON CONFLICT ... RETURNING`` (SQLite
+    3.35+, PostgreSQL); a locked read-modify-write elsewhere. Either way
+    the row stays locked until the saving transaction ends.
+    """
+    connection = connections[using]
+    if connection.vendor in ("postgresql", "sqlite"):
+        table = connection.ops.quote_name(LoginSequence._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(_UPSERT.format(table=table), [login, count])
+            return int(cursor.fetchone()[0])
+    manager = LoginSequence.objects.db_manager(using)
+    row, _ = manager.select_for_update().get_or_create(login=login)
+    manager.filter(pk=login).update(seq=F("seq") + count)
+    return row.seq + count
+
+
+def record(by_login: dict[str, list[FrameParts]], using: str, history_size: int) -> list[Event]:
+    """Number and store the frames of each login; return them in order.
+
+    Must run inside a transaction (the caller's, or its own atomic block):
+    the frames exist exactly when that transaction commits.
+    """
+    events: list[AccountEvent] = []
+    with transaction.atomic(using=using, savepoint=False):
+        for login in sorted(by_login):  # one lock order across transactions
+            parts = by_login[login]
+            last = _allocate(login, len(parts), using)
+            first = last - len(parts) + 1
+            events.extend(
+                AccountEvent(login=login, seq=seq, frame=join_account(head, seq, tail))
+                for seq, (head, tail) in zip(range(first, last + 1), parts, strict=True)
+            )
+            if last > history_size:
+                AccountEvent.objects.using(using).filter(
+                    login=login, seq__lte=last - history_size
+                ).delete()
+        created = AccountEvent.objects.using(using).bulk_create(events)
+    return [Event(e.id, e.login, e.seq, e.frame) for e in created]
+
+
+def current_seqs(logins: Iterable[str]) -> dict[str, int]:
+    """The last seq given to each login (0 for a login with no frame yet)."""
+    wanted = list(logins)
+    found = dict(LoginSequence.objects.filter(login__in=wanted).values_list("login", "seq"))
+    return {login: found.get(login, 0) for login in wanted}
+
+
+def history(login: str, after: int) -> list[Event] | None:
+    """Frames of ``login`` with seq > ``after``, in order.
+
+    None when the kept history no longer reaches ``after + 1``.
+    """
+    rows = [
+        Event(*row)
+        for row in AccountEvent.objects.filter(login=login, seq__gt=after)
+        .order_by("seq")
+        .values_list("id", "login", "seq", "frame")
+    ]
+    if rows and rows[0].seq != after + 1:
+        return None
+    if not rows and current_seqs([login])[login] > after:
+        return None
+    return rows
+
+
+def last_id() -> int:
+    """The highest event id written so far (0 for an empty outbox)."""
+    return AccountEvent.objects.aggregate(last=Max("id"))["last"] or 0
+
+
+def read_after(cursor: int, also: Sequence[int] = (), limit: int = 1000) -> list[Event]:
+    """Events with id > ``cursor`` (at most ``limit``) plus those with ids in ``also``.
+
+    ``also`` holds ids skipped earlier because their transaction had not
+    committed yet (see :class:`broker_ws.relay.Cursor`).
+    """
+    queryset = AccountEvent.objects.filter(id__gt=cursor).order_by("id")
+    rows = list(queryset.values_list("id", "login", "seq", "frame")[:limit])
+    if also:
+        rows += AccountEvent.objects.filter(id__in=list(also)).values_list(
+            "id", "login", "seq", "frame"
+        )
+    return sorted(Event(*row) for row in rows)

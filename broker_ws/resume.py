@@ -1,0 +1,49 @@
+"""Resume after a reconnect: the account frames a client missed.
+
+A client that reconnects names, per login, the last seq it saw. Up to the
+seq the ``authorized`` reply announces, the missed frames come from the
+database outbox; everything later reaches the session live. When the kept
+history no longer reaches back (or the client claims a seq the server never
+gave), the client is told to resync that login over REST instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from channels.db import database_sync_to_async
+
+from broker_ws import frames, outbox
+
+
+def _missed(
+    resume: Mapping[str, int], current: Mapping[str, int]
+) -> tuple[list[str], dict[str, int]]:
+    replay: list[str] = []
+    resync: dict[str, int] = {}
+    for login, after in resume.items():
+        upto = current.get(login)
+        if upto is None or after == upto:
+            continue  # not this session's login, or nothing missed
+        missed = outbox.history(login, after) if after < upto else None
+        if missed is None:
+            resync[login] = upto
+            continue
+        replay.extend(event.frame for event in missed if event.seq <= upto)
+    return replay, resync
+
+
+async def missed_frames(resume: Mapping[str, int], current: Mapping[str, int]) -> list[str]:
+    """Frames to send right after ``authorized``, in order.
+
+    Args:
+        resume: last seq seen per login, as the client sent it; logins the
+            session is not linked to are ignored.
+        current: the seq per login announced in ``authorized``.
+
+    Returns:
+        A ``resync`` reply naming the logins whose history is gone (if any),
+        then every missed frame of the other logins in seq order.
+    """
+    replay, resync = await database_sync_to_async(_missed)(resume, current)
+    return ([frames.control("resync", resync)] if resync else []) + replay
