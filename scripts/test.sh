@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One command for the whole test suite on a fresh machine with Python 3.11:
-# virtualenv, dependencies, then pytest. Redis must be reachable on
-# 127.0.0.1:6379 (REDIS_URL overrides); tests of the Redis backend use it
-# for real. Extra arguments go to pytest.
+# virtualenv, dependencies, Redis and PostgreSQL on loopback (started if
+# they are installed but down), then pytest. Tests of the Redis backend and
+# the end-to-end tests use the real services, never mocks. Extra arguments
+# go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+source scripts/services.sh
+ensure_redis
+ensure_postgres
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
