@@ -2,7 +2,7 @@
 ``manage.py check`` (and at server start), never raised at import.
 
 IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
-E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
+E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL, E009 ALLOWED_ORIGINS,
 W001 Redis channel layer without REDIS_URL.
 """
 
@@ -21,6 +21,14 @@ from broker_ws import frames
 from broker_ws.conf import DEFAULTS, conf
 
 _PREFIX = re.compile(r"^[a-zA-Z0-9-]{1,20}$")
+_COUNTS = (
+    "SYMBOL_MAX_LENGTH",
+    "MAX_MESSAGE_BYTES",
+    "MAX_SUBSCRIPTIONS",
+    "HISTORY_SIZE",
+    "REDIS_MAX_CONNECTIONS",
+)
+_SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
 
 
 def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -55,27 +63,32 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
                 id="broker_ws.E004",
             )
         )
-    for name in (
-        "SYMBOL_MAX_LENGTH",
-        "MAX_MESSAGE_BYTES",
-        "MAX_SUBSCRIPTIONS",
-        "HISTORY_SIZE",
-        "REDIS_MAX_CONNECTIONS",
-        "AUTH_TIMEOUT",
-        "OUTBOX_POLL_INTERVAL",
-    ):
-        # Raw values: the typed properties would raise on a non-number.
+    # Raw values: the typed properties would raise on a non-number.
+    for name in _COUNTS + _SECONDS:
         value = user.get(name, DEFAULTS[name])
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            errors.append(
-                Error(f"BROKER_WS['{name}'] must be a positive number.", id="broker_ws.E005")
-            )
+        kinds = int if name in _COUNTS else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+            what = "a positive integer" if name in _COUNTS else "a positive number of seconds"
+            errors.append(Error(f"BROKER_WS['{name}'] must be {what}.", id="broker_ws.E005"))
     if not isinstance(conf.KEY_PREFIX, str) or not _PREFIX.match(conf.KEY_PREFIX):
         errors.append(
             Error(
                 "BROKER_WS['KEY_PREFIX'] must be 1-20 letters, digits or '-'.",
                 hint="It prefixes group names, which allow only [a-zA-Z0-9-_.].",
                 id="broker_ws.E006",
+            )
+        )
+    origins = conf.ALLOWED_ORIGINS
+    if origins is not None and (
+        not isinstance(origins, list | tuple | set | frozenset)
+        or not all(isinstance(o, str) for o in origins)
+    ):
+        errors.append(
+            Error(
+                "BROKER_WS['ALLOWED_ORIGINS'] must be None or a list of host patterns.",
+                hint='As in ALLOWED_HOSTS: ["app.example.com", ".example.com"]; a bare string '
+                "would be read one character at a time.",
+                id="broker_ws.E009",
             )
         )
     errors += _check_bindings(conf.BINDINGS)
@@ -98,7 +111,7 @@ def _check_callable(name: str, value: Any, check_id: str) -> list[CheckMessage]:
         return []
     try:
         target = import_string(value)
-    except (ImportError, TypeError, ValueError):
+    except Exception:  # ImportError, or AttributeError and the like for non-strings
         return [Error(f"BROKER_WS['{name}'] = {value!r} cannot be imported.", id=check_id)]
     if not callable(target):
         return [Error(f"BROKER_WS['{name}'] = {value!r} is not callable.", id=check_id)]
@@ -120,7 +133,7 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
             continue
         try:
             apps.get_model(entry["model"])
-        except (LookupError, ValueError, TypeError):
+        except (LookupError, ValueError, TypeError, AttributeError):
             errors.append(Error(f"{where}: no model {entry['model']!r}.", id="broker_ws.E007"))
         if entry["marker"] not in frames.ACCOUNT_MARKERS:
             errors.append(

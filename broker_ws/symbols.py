@@ -9,6 +9,7 @@ fixed collection or to a callable's verdict.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable
 
 from django.utils.module_loading import import_string
@@ -19,8 +20,8 @@ from broker_ws.conf import conf
 def _is_well_formed(symbol: str) -> bool:
     if not symbol or len(symbol) > conf.SYMBOL_MAX_LENGTH:
         return False
-    # Control characters would make logs and group names misleading.
-    return all(ch >= " " and ch != "\x7f" for ch in symbol)
+    # Control characters (C0, DEL and C1) would make logs and group names misleading.
+    return not any(unicodedata.category(ch) == "Cc" for ch in symbol)
 
 
 def _policy() -> Callable[[str], bool] | None:

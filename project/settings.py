@@ -95,7 +95,16 @@ ASGI_APPLICATION = "project.asgi.application"
 
 _database_url = os.environ.get("DATABASE_URL", "")
 if _database_url.startswith(("postgres://", "postgresql://")):
-    DATABASES = {"default": _postgres_from_url(_database_url)}
+    DATABASES = {
+        "default": {
+            **_postgres_from_url(_database_url),
+            # Keep connections: database_sync_to_async closes them after every call
+            # when CONN_MAX_AGE is 0, and a connect storm would then open one
+            # PostgreSQL connection per authorizing client.
+            "CONN_MAX_AGE": 300,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    }
 else:
     # DATABASE_URL=sqlite:////absolute/path.sqlite3 picks another SQLite file.
     _sqlite_path = unquote(urlsplit(_database_url).path) if _database_url else ""
