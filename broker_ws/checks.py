@@ -27,6 +27,8 @@ _COUNTS = (
     "MAX_SUBSCRIPTIONS",
     "HISTORY_SIZE",
     "REDIS_MAX_CONNECTIONS",
+    "SLOW_CONSUMER_BUFFER",
+    "SLOW_CONSUMER_MAX_PENDING",
 )
 _SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
 
@@ -132,8 +134,9 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
             )
             continue
         try:
-            apps.get_model(entry["model"])
+            model = apps.get_model(entry["model"])
         except (LookupError, ValueError, TypeError, AttributeError):
+            model = None
             errors.append(Error(f"{where}: no model {entry['model']!r}.", id="broker_ws.E007"))
         if entry["marker"] not in frames.ACCOUNT_MARKERS:
             errors.append(
@@ -144,7 +147,36 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
             )
         if not isinstance(entry["fields"], list | tuple):
             errors.append(Error(f"{where}: fields must be a list.", id="broker_ws.E007"))
+        elif model is not None:
+            for accessor in [entry["login"], *entry["fields"]]:
+                problem = _accessor_problem(model, accessor)
+                if problem:
+                    errors.append(Error(f"{where}: {problem}", id="broker_ws.E007"))
     return errors
+
+
+def _accessor_problem(model: Any, accessor: Any) -> str | None:
+    """Why ``accessor`` cannot be read from instances of ``model``, if it cannot.
+
+    Attribute paths are followed through relations as far as they lead to
+    models; past that (a property, a plain attribute) nothing is known.
+    """
+    if callable(accessor):
+        return None
+    if not isinstance(accessor, str) or not accessor:
+        return f"{accessor!r} is neither an attribute path nor a callable."
+    current = model
+    for part in accessor.split("."):
+        if current is None:
+            return None
+        if not hasattr(current, part):
+            return f"{current.__name__} has no attribute {part!r} (in {accessor!r})."
+        try:
+            field = current._meta.get_field(part)
+        except Exception:
+            return None  # a property or method: checked when it runs
+        current = field.related_model if field.is_relation else None
+    return None
 
 
 def _check_layer(url: Any) -> list[CheckMessage]:

@@ -14,9 +14,9 @@ from typing import Any
 from django.conf import settings as django_settings
 
 DEFAULTS: dict[str, Any] = {
-    # Redis shared by every server and publisher process: sequence numbers,
-    # account history, last quotes and the fan-out bus. None keeps all of it
-    # inside one process (the embedded demo and single-process tests).
+    # Redis shared by every server and publisher process: the fan-out bus and
+    # the last quotes. None keeps both inside one process (the embedded demo);
+    # account frames, their seq and history live in the database either way.
     "REDIS_URL": None,
     # Prefix of every Redis key and bus channel, so several deployments (or
     # test runs) can share one Redis.
@@ -41,6 +41,12 @@ DEFAULTS: dict[str, Any] = {
     # account frames the bus did not bring (saved by another process without
     # Redis, or published while Redis was down).
     "OUTBOX_POLL_INTERVAL": 0.25,
+    # Bytes the server may hold unsent for one socket before the session is
+    # slow: its quotes are then conflated to the latest per symbol.
+    "SLOW_CONSUMER_BUFFER": 262144,
+    # Frames other than quotes (account frames, replies) a slow session may
+    # hold; one more closes it with 4005 (too slow: resume or resync).
+    "SLOW_CONSUMER_MAX_PENDING": 5000,
     # Browser Origins accepted. None: the hosts of ALLOWED_HOSTS. Clients
     # that send no Origin (apps, bots) are always accepted.
     "ALLOWED_ORIGINS": None,
@@ -99,6 +105,14 @@ class Settings:
     @property
     def OUTBOX_POLL_INTERVAL(self) -> float:
         return float(self._get("OUTBOX_POLL_INTERVAL"))
+
+    @property
+    def SLOW_CONSUMER_BUFFER(self) -> int:
+        return self._get("SLOW_CONSUMER_BUFFER")
+
+    @property
+    def SLOW_CONSUMER_MAX_PENDING(self) -> int:
+        return self._get("SLOW_CONSUMER_MAX_PENDING")
 
     @property
     def ALLOWED_ORIGINS(self) -> list[str] | None:

@@ -9,19 +9,16 @@ per-connection channel-layer channel at all (fan-out is per process), which
 also keeps an idle session small. Database work happens only in
 :func:`broker_ws.auth.authenticate`, through ``database_sync_to_async``.
 
-Every send goes through :meth:`push`, which keeps per-session order: while a
-send is in flight or a request is being answered, later frames wait in a
-backlog and follow.
+Every send goes through :class:`~broker_ws.outgoing.Outgoing`, which keeps
+per-session order (while a request is being answered, later frames wait and
+follow) and applies the slow-consumer policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.consumer import AsyncConsumer
@@ -32,6 +29,7 @@ from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ProtocolError
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
+from broker_ws.outgoing import Outgoing
 from broker_ws.protocol import CloseCode, ErrorCode
 from broker_ws.resume import missed_frames
 from broker_ws.symbols import split_symbols
@@ -51,9 +49,9 @@ class StreamConsumer(AsyncConsumer):
         self.symbols: set[str] = set()
         self.hub: Hub | None = None
         self.closed = False
-        self._sending = False
-        self._holds = 0
-        self._backlog: deque[str] = deque()
+        self.out = Outgoing(send, self._too_slow)
+        # Per login, the last seq the client already has (from its resume).
+        self.seen: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         try:
             while True:
@@ -95,6 +93,8 @@ class StreamConsumer(AsyncConsumer):
         logger.info("broker_ws: closing session with %s (%d)", code.name, code)
         try:
             await self.base_send({"type": "websocket.close", "code": int(code)})
+        except Exception as exc:  # the client left first
+            logger.debug("broker_ws: close on a closed socket (%r)", exc)
         finally:
             self._forget()
 
@@ -107,49 +107,28 @@ class StreamConsumer(AsyncConsumer):
             logins = self.identity.logins if self.identity is not None else ()
             self.hub.remove_session(self, self.symbols, logins)
             self.hub = None
-        self._backlog.clear()
+        self.out.close()
 
     # --- sending ----------------------------------------------------------
     async def push(self, text: str) -> None:
         """Send one frame after every frame queued before it."""
-        if self.closed:
-            return
-        if self._sending or self._holds:
-            self._backlog.append(text)
-            return
-        self._sending = True
-        try:
-            await self.base_send({"type": "websocket.send", "text": text})
-            await self._drain()
-        finally:
-            self._sending = False
+        await self.out.push(text)
 
-    async def _drain(self) -> None:
-        backlog = self._backlog
-        while backlog and not self.closed:
-            await self.base_send({"type": "websocket.send", "text": backlog.popleft()})
+    async def push_quote(self, key: str, text: str) -> None:
+        """Send a quote frame; conflated per ``key`` while the client is slow."""
+        await self.out.push_quote(key, text)
 
-    @contextlib.asynccontextmanager
-    async def _answering(self) -> AsyncIterator[list[str]]:
-        """Collect replies that must precede the live frames they announce.
+    async def push_account(self, login: str, seq: int, text: str) -> None:
+        """Send an account frame unless the client said on resume that it has it."""
+        floor = self.seen.get(login)
+        if floor is not None:
+            if seq <= floor:
+                return
+            del self.seen[login]
+        await self.out.push(text)
 
-        Frames fanned out meanwhile wait in the backlog and are sent after
-        the replies.
-        """
-        replies: list[str] = []
-        self._holds += 1
-        try:
-            yield replies
-        finally:
-            self._holds -= 1
-            if not self.closed:
-                self._backlog.extendleft(reversed(replies))
-                if not self._holds and not self._sending:
-                    self._sending = True
-                    try:
-                        await self._drain()
-                    finally:
-                        self._sending = False
+    async def _too_slow(self) -> None:
+        await self.close(CloseCode.TOO_SLOW)
 
     async def _error(self, code: str, message: str, **extra: Any) -> None:
         await self.push(frames.error(code, message, **extra))
@@ -186,7 +165,7 @@ class StreamConsumer(AsyncConsumer):
         except Exception:
             # A bug of ours must not cost the client its session (nor a 1011).
             logger.exception("broker_ws: failed to handle a client message")
-            await self._error("internal_error", "the server could not handle this message")
+            await self._error(ErrorCode.INTERNAL_ERROR, "the server could not handle this message")
 
     async def _authorize(self, command: protocol.Authorize) -> None:
         try:
@@ -199,21 +178,23 @@ class StreamConsumer(AsyncConsumer):
         if self.identity is not None and identity.user_id != self.identity.user_id:
             await self._error(ErrorCode.USER_MISMATCH, "a session cannot change its user")
             return
+        refresh = self.identity is not None
         if self.identity is not None:
             # In-band refresh: same user, new expiry; logins stay those the
-            # session was opened with.
+            # session was opened with, and a resume is not replayed again.
             identity = Identity(
                 identity.user_id, identity.username, self.identity.logins, identity.expires_ms
             )
-        async with self._answering() as replies:
+        async with self.out.answering() as replies:
             hub = await self._get_hub()
             seqs = await hub.add_logins(self, identity.logins)
             self.identity = identity
             replies.append(
                 frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs)
             )
-            if command.resume:
-                replies.extend(await missed_frames(command.resume, seqs))
+            if command.resume and not refresh:
+                replay, self.seen = await missed_frames(command.resume, seqs)
+                replies.extend(replay)
         self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
 
     async def _get_hub(self) -> Hub:
@@ -227,7 +208,7 @@ class StreamConsumer(AsyncConsumer):
         room = max(conf.MAX_SUBSCRIPTIONS - len(self.symbols), 0)
         over = new[room:]
         new = new[:room]
-        async with self._answering() as replies:
+        async with self.out.answering() as replies:
             hub = await self._get_hub()
             snapshot = await hub.add_quotes(self, new)
             self.symbols.update(new)

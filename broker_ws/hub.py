@@ -23,7 +23,7 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +47,12 @@ class Session(Protocol):
 
     async def push(self, text: str) -> None:
         """Send one frame to the client, in order."""
+
+    async def push_quote(self, key: str, text: str) -> None:
+        """Send a quote frame (conflated per ``key`` if the client is slow)."""
+
+    async def push_account(self, login: str, seq: int, text: str) -> None:
+        """Send an account frame of ``login`` numbered ``seq``."""
 
 
 @dataclass(eq=False)
@@ -128,14 +134,19 @@ class Hub:
         sessions = self.quotes.get(channel)
         if sessions is not None:
             self.last_quote[channel] = payload
-            await _fan_out(sessions, payload)
+            for session in tuple(sessions):  # the hot path: no wrapper per session
+                try:
+                    await session.push_quote(channel, payload)
+                except Exception:
+                    logger.exception("broker_ws: sending to a session failed")
             return
         state = self.logins.get(channel)
         if state is not None:
             await self._account(state, payload)
             return
         if channel == self.everyone_channel:
-            await _fan_out(self.everyone, payload)
+            for session in tuple(self.everyone):
+                await _guarded(session.push(payload))
 
     async def _account(self, state: LoginState, payload: str) -> None:
         seq, frame = unpack_account(payload)
@@ -147,8 +158,12 @@ class Hub:
         if seq > state.seq + 1:
             await self._fill_gap(state, seq, frame)
             return
+        await self._deliver(state, seq, frame)
+
+    async def _deliver(self, state: LoginState, seq: int, frame: str) -> None:
         state.seq = seq
-        await _fan_out(state.sessions, frame)
+        for session in tuple(state.sessions):
+            await _guarded(session.push_account(state.login, seq, frame))
 
     async def _fill_gap(self, state: LoginState, seq: int, frame: str) -> None:
         """Deliver the frames between the last delivered one and ``seq``, then it."""
@@ -160,12 +175,10 @@ class Hub:
             logger.warning("broker_ws: history of %s does not reach seq %s", state.login, state.seq)
             missed = []
         for event in missed:
-            if event.seq > state.seq and event.seq <= seq:
-                state.seq = event.seq
-                await _fan_out(state.sessions, event.frame)
+            if state.seq < event.seq <= seq:
+                await self._deliver(state, event.seq, event.frame)
         if seq > state.seq:
-            state.seq = seq
-            await _fan_out(state.sessions, frame)
+            await self._deliver(state, seq, frame)
 
     # --- outbox -------------------------------------------------------------
     async def _poll_outbox(self) -> None:
@@ -332,12 +345,12 @@ class Hub:
                     logger.warning("broker_ws: unsubscribe failed (%s)", exc)
 
 
-async def _fan_out(sessions: set[Session], frame: str) -> None:
-    for session in tuple(sessions):
-        try:
-            await session.push(frame)
-        except Exception:
-            logger.exception("broker_ws: sending to a session failed")
+async def _guarded(sending: Awaitable[None]) -> None:
+    """One session's failure must not stop the fan-out to the others."""
+    try:
+        await sending
+    except Exception:
+        logger.exception("broker_ws: sending to a session failed")
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Hub]] = (

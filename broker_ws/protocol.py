@@ -61,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     USER_MISMATCH = "user_mismatch"
     INVALID_SYMBOLS = "invalid_symbols"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)

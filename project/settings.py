@@ -4,6 +4,7 @@ Defaults give a zero-setup dev run (SQLite, in-memory channel layer); set DATABA
 REDIS_URL to run several daphne processes against shared Postgres and Redis.
 """
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -208,6 +209,10 @@ BROKER_WS = {
         },
     ],
 }
+
+# Experiments, benchmarks and tests tune broker_ws without editing this file:
+# BROKER_WS_JSON='{"SLOW_CONSUMER_BUFFER": 65536}'.
+BROKER_WS.update(json.loads(os.environ.get("BROKER_WS_JSON", "{}")))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

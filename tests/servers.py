@@ -90,6 +90,8 @@ class Deployment:
         """Stop every server; return what each wrote to stderr."""
         logs = []
         for proc in self.servers:
+            if proc.returncode is not None:
+                continue  # stopped before
             proc.terminate()
             try:
                 _, err = proc.communicate(timeout=10)

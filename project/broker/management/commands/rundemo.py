@@ -23,6 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--rate", type=float, default=5.0, help="feed quotes per second")
+        parser.add_argument(
+            "--symbols",
+            default=",".join(DEFAULT_SYMBOLS),
+            help="comma-separated symbols the feed publishes",
+        )
         parser.add_argument("--no-feed", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -31,7 +36,10 @@ class Command(BaseCommand):
         if not options["no_feed"]:
             feed = threading.Thread(
                 target=run_feed,
-                kwargs={"symbols": list(DEFAULT_SYMBOLS), "rate": options["rate"]},
+                kwargs={
+                    "symbols": [s for s in options["symbols"].split(",") if s],
+                    "rate": options["rate"],
+                },
                 name="demo-feed",
                 daemon=True,
             )

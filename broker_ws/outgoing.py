@@ -1,0 +1,196 @@
+"""Everything one session sends: in order, and with a slow-consumer policy.
+
+daphne's ``send`` never blocks: a client that stops reading makes the
+server buffer frames without bound (DESIGN §4: +25 MB in 30 s for one stalled
+client). uvicorn's ``send`` waits for the socket to drain, which would stall
+a shared fan-out loop. So before writing, a session looks at how many bytes
+the server already holds for its socket (:func:`write_buffer_probe`); past
+``SLOW_CONSUMER_BUFFER`` it stops writing and becomes *slow*:
+
+* quotes are conflated: only the latest frame per symbol is kept;
+* every other frame (replies, account frames, notifications) is kept in
+  order; past ``SLOW_CONSUMER_MAX_PENDING`` of them the session is closed
+  with :attr:`~broker_ws.protocol.CloseCode.TOO_SLOW`, and the client
+  resumes or reconciles over REST. An account frame is never dropped
+  silently.
+
+A slow session checks every :data:`DRAIN_CHECK` seconds whether its socket
+has drained, then writes what it kept: the ordered frames first, then the
+latest quote of each symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from broker_ws.conf import conf
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two looks at a slow session's socket.
+DRAIN_CHECK = 0.05
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def write_buffer_probe(send: Any) -> Callable[[], int] | None:
+    """A function giving the bytes the server holds for this socket, if it can be seen.
+
+    daphne passes ``partial(server.handle_reply, protocol)`` as ``send``;
+    uvicorn passes a bound method of its protocol. Either way the protocol's
+    transport tells how much is waiting to be written. Other servers (and
+    test communicators) hide it: the session then has no slow-consumer policy.
+    """
+    args = getattr(send, "args", None)
+    protocol = args[0] if args else getattr(send, "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    for candidate in (transport, getattr(transport, "transport", None)):  # TLS wraps TCP
+        if candidate is None:
+            continue
+        size = getattr(candidate, "get_write_buffer_size", None)
+        if callable(size):  # asyncio transports (uvicorn)
+            return size
+        if hasattr(candidate, "dataBuffer") and hasattr(candidate, "_tempDataLen"):
+            tcp = candidate  # Twisted FileDescriptor (daphne)
+            return lambda: len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+    return None
+
+
+class Outgoing:
+    """The ordered, flow-controlled frames of one session."""
+
+    def __init__(self, send: Send, on_too_slow: Callable[[], Awaitable[None]]) -> None:
+        self._send = send
+        self._on_too_slow = on_too_slow
+        self._queued = write_buffer_probe(send)
+        self._ordered: deque[str] = deque()
+        self._quotes: dict[str, str] = {}
+        self._sending = False
+        self._holds = 0
+        self._watch: asyncio.TimerHandle | None = None
+        self.slow = False
+        self.closed = False
+
+    # --- entry points ---------------------------------------------------
+    async def push(self, text: str) -> None:
+        """Send a frame that must arrive, after every frame queued before it."""
+        if self.closed:
+            return
+        if self._sending or self._holds or self._ordered or self.slow:
+            self._ordered.append(text)
+            await self._check_pending()
+            return
+        await self._write_now(text)
+
+    async def push_quote(self, key: str, text: str) -> None:
+        """Send a quote; while the client is slow, only the latest per ``key`` is kept."""
+        if self.closed:
+            return
+        if self.slow:
+            self._quotes.pop(key, None)  # re-insert: flushed in order of last update
+            self._quotes[key] = text
+            return
+        await self.push(text)
+
+    @contextlib.asynccontextmanager
+    async def answering(self) -> AsyncIterator[list[str]]:
+        """Collect replies that must precede the live frames they announce.
+
+        Frames pushed meanwhile wait and follow the replies.
+        """
+        replies: list[str] = []
+        self._holds += 1
+        try:
+            yield replies
+        finally:
+            self._holds -= 1
+            if not self.closed:
+                self._ordered.extendleft(reversed(replies))
+                await self._flush()
+
+    def close(self) -> None:
+        """Drop everything still queued; the session is gone."""
+        self.closed = True
+        self._ordered.clear()
+        self._quotes.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    # --- writing ----------------------------------------------------------
+    def _backed_up(self) -> bool:
+        return self._queued is not None and self._queued() > conf.SLOW_CONSUMER_BUFFER
+
+    async def _write_now(self, text: str) -> None:
+        if self._backed_up():
+            self._become_slow()
+            self._ordered.append(text)
+            return
+        self._sending = True
+        try:
+            await self._write(text)
+        finally:
+            self._sending = False
+        if self._ordered:
+            await self._flush()
+
+    async def _write(self, text: str) -> None:
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except Exception as exc:
+            # The client went away and the server has not told the session
+            # yet (its disconnect message is still queued): nothing to send to.
+            logger.debug(
+                "broker_ws: send on a closed socket (%r); dropping the session's queue", exc
+            )
+            self.close()
+
+    async def _flush(self) -> None:
+        """Write what waits, in order, until it is all out or the socket backs up."""
+        if self._sending or self._holds:
+            return
+        self._sending = True
+        try:
+            ordered, quotes = self._ordered, self._quotes
+            while not self.closed and (ordered or (self.slow and quotes)):
+                if self._backed_up():
+                    self._become_slow()
+                    return
+                text = ordered.popleft() if ordered else quotes.pop(next(iter(quotes)))
+                await self._write(text)
+            if self.slow and not self.closed:
+                self.slow = False
+                logger.info("broker_ws: slow session caught up")
+        finally:
+            self._sending = False
+
+    async def _check_pending(self) -> None:
+        if len(self._ordered) > conf.SLOW_CONSUMER_MAX_PENDING and not self.closed:
+            logger.warning(
+                "broker_ws: closing a session that stopped reading (%d frames pending)",
+                len(self._ordered),
+            )
+            self.close()
+            await self._on_too_slow()
+
+    # --- slow mode ----------------------------------------------------------
+    def _become_slow(self) -> None:
+        if not self.slow:
+            self.slow = True
+            logger.info("broker_ws: session is slow; conflating its quotes")
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(DRAIN_CHECK, self._check_drained)
+
+    def _check_drained(self) -> None:
+        self._watch = None
+        if self.closed:
+            return
+        if self._backed_up():
+            self._watch = asyncio.get_running_loop().call_later(DRAIN_CHECK, self._check_drained)
+            return
+        asyncio.get_running_loop().create_task(self._flush())
