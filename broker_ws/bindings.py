@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models, router
+from django.db.models.expressions import BaseExpression, Combinable
 from django.db.models.signals import post_save
 
 from broker_ws import frames
@@ -59,6 +61,7 @@ class Binding:
 
     def snapshot(self, instance: models.Model) -> tuple[str, tuple[str, str]] | None:
         """``(login, frame parts)`` for ``instance``, or None if it has no login."""
+        _settle_expressions(instance)
         login = _getter(self.login)(instance)
         if login is None or login == "":
             return None
@@ -67,10 +70,35 @@ class Binding:
         return login, frames.account_parts(self.marker, login, values)
 
 
+def _settle_expressions(instance: models.Model) -> None:
+    """Read back fields saved as expressions (``F("balance") + 1``).
+
+    After such a save the instance still holds the expression, not the
+    value; the frame must carry the value the row now has (we are inside the
+    saving transaction, so that is the value being committed).
+    """
+    pending = [
+        field.attname
+        for field in instance._meta.concrete_fields
+        if isinstance(getattr(instance, field.attname, None), BaseExpression | Combinable)
+    ]
+    if pending:
+        instance.refresh_from_db(fields=pending)
+
+
 def _field_value(instance: models.Model, accessor: Accessor) -> Any:
     value = _getter(accessor)(instance)
     if isinstance(value, models.Model):
         return value.pk
+    if isinstance(accessor, str) and "." not in accessor and value is not None:
+        # A string assigned to a DecimalField (a form, an API payload) is
+        # saved as a number and must go out as one.
+        try:
+            field = instance._meta.get_field(accessor)
+        except FieldDoesNotExist:
+            return value
+        if isinstance(field, models.Field) and not field.is_relation:
+            return field.to_python(value)
     return value
 
 
@@ -97,15 +125,16 @@ def bind(
     if marker not in frames.ACCOUNT_MARKERS:
         raise ConfigurationError(f"marker must be one of {sorted(frames.ACCOUNT_MARKERS)}")
     binding = Binding(model, marker, login, tuple(fields))
-    _registry[model] = binding
-    post_save.connect(_on_save, sender=model, dispatch_uid=f"broker_ws:{model._meta.label}")
+    _registry[model._meta.concrete_model or model] = binding
+    # One receiver for every model: saves through a proxy of a bound model
+    # must push too, and the registry lookup is one dict access per save.
+    post_save.connect(_on_save, dispatch_uid="broker_ws:bindings")
     return binding
 
 
 def unbind(model: type[models.Model]) -> None:
     """Stop pushing saves of ``model``."""
-    _registry.pop(model, None)
-    post_save.disconnect(sender=model, dispatch_uid=f"broker_ws:{model._meta.label}")
+    _registry.pop(model._meta.concrete_model or model, None)
 
 
 def bindings() -> dict[type[models.Model], Binding]:
@@ -129,8 +158,8 @@ def bind_from_settings(declared: Iterable[dict[str, Any]]) -> None:
 
 
 def _on_save(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
-    if kwargs.get("raw"):  # loaddata: fixtures are not events
-        return
+    if kwargs.get("raw") or (sender._meta.concrete_model or sender) not in _registry:
+        return  # not bound, or loaddata (fixtures are not events)
     _schedule([instance], kwargs.get("using") or router.db_for_write(sender))
 
 

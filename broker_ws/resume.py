@@ -18,23 +18,35 @@ from broker_ws import frames, outbox
 
 def _missed(
     resume: Mapping[str, int], current: Mapping[str, int]
-) -> tuple[list[str], dict[str, int]]:
+) -> tuple[list[str], dict[str, int], dict[str, int]]:
     replay: list[str] = []
     resync: dict[str, int] = {}
+    seen: dict[str, int] = {}
     for login, after in resume.items():
         upto = current.get(login)
         if upto is None or after == upto:
             continue  # not this session's login, or nothing missed
-        missed = outbox.history(login, after) if after < upto else None
+        if after > upto:
+            # The client saw frames on a process that is ahead of this one:
+            # they arrive here soon and the session skips them. A seq never
+            # given at all (a restored database) means the client must resync.
+            if outbox.current_seqs([login])[login] >= after:
+                seen[login] = after
+            else:
+                resync[login] = upto
+            continue
+        missed = outbox.history(login, after)
         if missed is None:
             resync[login] = upto
             continue
         replay.extend(event.frame for event in missed if event.seq <= upto)
-    return replay, resync
+    return replay, resync, seen
 
 
-async def missed_frames(resume: Mapping[str, int], current: Mapping[str, int]) -> list[str]:
-    """Frames to send right after ``authorized``, in order.
+async def missed_frames(
+    resume: Mapping[str, int], current: Mapping[str, int]
+) -> tuple[list[str], dict[str, int]]:
+    """Frames to send right after ``authorized``, and the seqs the client already has.
 
     Args:
         resume: last seq seen per login, as the client sent it; logins the
@@ -42,8 +54,9 @@ async def missed_frames(resume: Mapping[str, int], current: Mapping[str, int]) -
         current: the seq per login announced in ``authorized``.
 
     Returns:
-        A ``resync`` reply naming the logins whose history is gone (if any),
-        then every missed frame of the other logins in seq order.
+        A ``resync`` reply naming the logins whose history is gone (if any)
+        followed by every missed frame of the other logins in seq order;
+        and, per login, the seq up to which live frames are to be skipped.
     """
-    replay, resync = await database_sync_to_async(_missed)(resume, current)
-    return ([frames.control("resync", resync)] if resync else []) + replay
+    replay, resync, seen = await database_sync_to_async(_missed)(resume, current)
+    return ([frames.control("resync", resync)] if resync else []) + replay, seen

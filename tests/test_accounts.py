@@ -250,3 +250,85 @@ async def test_resume_with_bad_shape_is_an_error(make_user: Any, client_factory:
     await client.send({"authorization": alice.token, "resume": {"1001": -1}})
     reply = await client.recv()
     assert reply["event"] == "error" and reply["data"]["code"] == "bad_message"
+
+
+class BalanceProxy(Balance):
+    """A proxy of a bound model, as hosts declare for admin variants."""
+
+    class Meta:
+        proxy = True
+        app_label = "broker"
+
+
+async def test_save_through_a_proxy_model_pushes_like_the_bound_model(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """Saving a proxy instance of a bound model pushes the bound model's frame."""
+    alice = await make_user("alice", ["1001"])
+    client, data = await session(client_factory, alice.token)
+
+    @database_sync_to_async
+    def save() -> None:
+        with transaction.atomic():
+            proxy = BalanceProxy.objects.get(account__login="1001")
+            proxy.balance = Decimal("31.5")
+            proxy.save()
+
+    await save()
+    assert (await client.recv())[:5] == ["b", "1001", data["seq"]["1001"] + 1, "USD", 31.5]
+
+
+async def test_save_with_expressions_and_strings_sends_the_saved_numbers(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """F() updates and strings assigned to decimal fields go out as the stored numbers."""
+    from django.db.models import F
+
+    alice = await make_user("alice", ["1001"])
+    client, _ = await session(client_factory, alice.token)
+
+    @database_sync_to_async
+    def save() -> None:
+        with transaction.atomic():
+            balance = Balance.objects.get(account__login="1001")
+            balance.balance = F("balance") + 1  # 100 -> 101
+            balance.equity = "55.25"  # type: ignore[assignment]
+            balance.save()
+
+    await save()
+    frame = await client.recv()
+    assert frame[4:6] == [101, 55.25]
+
+
+async def test_resume_from_a_process_that_is_behind_skips_what_the_client_has(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """A client that saw seq N elsewhere, reconnecting to a process that has not
+    delivered N yet, gets neither a resync nor N again, and then N+1."""
+    with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=3600)):
+        alice = await make_user("alice", ["1001"])
+        first, data = await session(client_factory, alice.token)
+        seq = data["seq"]["1001"]
+
+        @database_sync_to_async
+        def record_without_publishing() -> None:
+            outbox.record({"1001": [account_parts("o", "1001", ["elsewhere"])]}, "default", 1000)
+
+        await record_without_publishing()  # seen by the client on another process
+        second, data = await session(client_factory, alice.token, **{"1001": seq + 1})
+        assert data["seq"]["1001"] == seq  # this process is behind
+        await anotify("next", login="1001")
+        assert (await second.recv())[:3] == ["n", "1001", seq + 2]
+        assert (await first.recv())[:3] == ["o", "1001", seq + 1]
+
+
+async def test_in_band_refresh_does_not_replay_a_resume_again(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """A resume in a refresh is ignored: the session already has those frames."""
+    alice = await make_user("alice", ["1001"])
+    client, _ = await session(client_factory, alice.token)
+    await client.send({"authorization": alice.token, "resume": {"1001": 0}})
+    assert (await client.recv())["event"] == "authorized"
+    await client.send("ping")
+    assert await client.recv_text() == "pong"

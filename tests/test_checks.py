@@ -207,3 +207,29 @@ def test_check_e009_allowed_origins_list_is_fine() -> None:
 def test_check_e005_outbox_poll_interval_accepts_fractions(value: float) -> None:
     """Durations may be fractions of a second; counts may not."""
     assert _ids(OUTBOX_POLL_INTERVAL=value, AUTH_TIMEOUT=value) == []
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["balanse", "account.logn", "account.user.usernme", ""],
+)
+def test_check_e007_binding_field_path_that_does_not_exist(field: str) -> None:
+    """A misspelt field or login path is E007, not an AttributeError at save time."""
+    binding = {
+        "model": "broker.Balance",
+        "marker": "b",
+        "login": "account.login",
+        "fields": ["balance", field],
+    }
+    assert _ids(BINDINGS=[binding]) == ["broker_ws.E007"]
+
+
+def test_check_e007_binding_paths_through_relations_and_callables_pass() -> None:
+    """Paths through relations, properties and callables are accepted."""
+    binding = {
+        "model": "broker.Balance",
+        "marker": "b",
+        "login": "account.login",
+        "fields": ["account.user.username", "account.pk", str],
+    }
+    assert _ids(BINDINGS=[binding]) == []
