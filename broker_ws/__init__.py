@@ -7,6 +7,7 @@ settings at import time::
     push / apush                     an account frame to every session of a login
     notify / anotify                 a notification to one login or to everyone
     bind / push_saved                model bindings, and saves that bypass signals
+    revoke_user / arevoke_user       close a user's sessions everywhere, refuse its tokens
     CloseCode                        the close codes of protocol v1
 """
 
@@ -24,12 +25,15 @@ __all__ = [
     "publish_quote",
     "push",
     "push_saved",
+    "arevoke_user",
+    "revoke_user",
 ]
 
 if TYPE_CHECKING:
     from broker_ws.bindings import bind, push_saved
     from broker_ws.protocol import CloseCode
     from broker_ws.publishing import anotify, apublish_quote, apush, notify, publish_quote, push
+    from broker_ws.revocation import arevoke_user, revoke_user
 
 _LOCATIONS = {
     "publish_quote": "broker_ws.publishing",
@@ -41,6 +45,8 @@ _LOCATIONS = {
     "bind": "broker_ws.bindings",
     "push_saved": "broker_ws.bindings",
     "CloseCode": "broker_ws.protocol",
+    "revoke_user": "broker_ws.revocation",
+    "arevoke_user": "broker_ws.revocation",
 }
 
 

@@ -1,9 +1,11 @@
-"""App configuration: registers the system checks and the model bindings."""
+"""App configuration: checks, model bindings, and revocation when a user is deactivated."""
 
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.core import checks
+from django.db.models.signals import post_save
 
 
 class BrokerWsConfig(AppConfig):
@@ -16,6 +18,12 @@ class BrokerWsConfig(AppConfig):
         from broker_ws.bindings import bind_from_settings
         from broker_ws.checks import check_settings
         from broker_ws.conf import conf
+        from broker_ws.revocation import revoke_deactivated
 
         checks.register(check_settings)
         bind_from_settings(conf.BINDINGS)
+        post_save.connect(
+            revoke_deactivated,
+            sender=settings.AUTH_USER_MODEL,
+            dispatch_uid="broker_ws:revoke_deactivated",
+        )

@@ -7,11 +7,13 @@ refresh token is refused; ``UntypedToken`` would accept it). The user is
 then loaded and checked by simplejwt's own ``JWTAuthentication.get_user``
 (user exists, active, password not changed when ``CHECK_REVOKE_TOKEN``),
 plus an ``is_active`` check of our own because the host may have turned
-simplejwt's off.
+simplejwt's off, and a check that the user was not revoked after the token
+was issued (:mod:`broker_ws.revocation`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from django.utils.module_loading import import_string
 
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ConfigurationError
+from broker_ws.revocation import revoked_since
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,11 @@ def _load_identity(token: Any) -> Identity:
         raise AuthenticationError(str(getattr(exc, "detail", exc))) from exc
     if not getattr(user, "is_active", False):
         raise AuthenticationError("user is inactive")
+    issued = token.get("iat")
+    if issued is not None and revoked_since(
+        str(user.pk), dt.datetime.fromtimestamp(int(issued), tz=dt.UTC)
+    ):
+        raise AuthenticationError("token was revoked")
     resolver = get_login_resolver()
     logins = tuple(dict.fromkeys(str(login) for login in resolver(user)))
     return Identity(

@@ -34,6 +34,12 @@ DEFAULTS: dict[str, Any] = {
     # error reply. Tokens are well under 2 KiB.
     "MAX_MESSAGE_BYTES": 16384,
     "MAX_SUBSCRIPTIONS": 500,
+    # Client messages per second a session may send on average (bursts of
+    # twice that); one more closes it with 4006.
+    "MAX_MESSAGES_PER_SECOND": 20,
+    # Sessions of one login on one server process; one more is refused with
+    # 4007.
+    "MAX_SESSIONS_PER_LOGIN": 50,
     # Account frames kept per login in the database outbox, for gap filling
     # and resume.
     "HISTORY_SIZE": 1000,
@@ -97,6 +103,14 @@ class Settings:
     @property
     def MAX_SUBSCRIPTIONS(self) -> int:
         return self._get("MAX_SUBSCRIPTIONS")
+
+    @property
+    def MAX_MESSAGES_PER_SECOND(self) -> int:
+        return self._get("MAX_MESSAGES_PER_SECOND")
+
+    @property
+    def MAX_SESSIONS_PER_LOGIN(self) -> int:
+        return self._get("MAX_SESSIONS_PER_LOGIN")
 
     @property
     def HISTORY_SIZE(self) -> int:

@@ -31,6 +31,7 @@ from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
 from broker_ws.outgoing import Outgoing
 from broker_ws.protocol import CloseCode, ErrorCode
+from broker_ws.ratelimit import TokenBucket
 from broker_ws.resume import missed_frames
 from broker_ws.symbols import split_symbols
 
@@ -50,6 +51,7 @@ class StreamConsumer(AsyncConsumer):
         self.hub: Hub | None = None
         self.closed = False
         self.out = Outgoing(send, self._too_slow)
+        self.rate = TokenBucket(conf.MAX_MESSAGES_PER_SECOND)
         # Per login, the last seq the client already has (from its resume).
         self.seen: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -104,8 +106,10 @@ class StreamConsumer(AsyncConsumer):
             self._timer.cancel()
             self._timer = None
         if self.hub is not None:
-            logins = self.identity.logins if self.identity is not None else ()
-            self.hub.remove_session(self, self.symbols, logins)
+            identity = self.identity
+            logins = identity.logins if identity is not None else ()
+            user_id = identity.user_id if identity is not None else None
+            self.hub.remove_session(self, self.symbols, logins, user_id)
             self.hub = None
         self.out.close()
 
@@ -130,12 +134,24 @@ class StreamConsumer(AsyncConsumer):
     async def _too_slow(self) -> None:
         await self.close(CloseCode.TOO_SLOW)
 
+    async def revoke(self) -> None:
+        """Close the session: its user's access was revoked."""
+        await self._error(ErrorCode.REVOKED, "access was revoked")
+        await self.close(CloseCode.REVOKED)
+
     async def _error(self, code: str, message: str, **extra: Any) -> None:
         await self.push(frames.error(code, message, **extra))
 
     # --- receiving --------------------------------------------------------
     async def _on_receive(self, message: dict[str, Any]) -> None:
         if self.closed:
+            return
+        if not self.rate.allow():
+            await self._error(
+                ErrorCode.RATE_LIMITED,
+                f"at most {conf.MAX_MESSAGES_PER_SECOND} messages per second",
+            )
+            await self.close(CloseCode.RATE_LIMITED)
             return
         text = message.get("text")
         if text is None:
@@ -187,7 +203,19 @@ class StreamConsumer(AsyncConsumer):
             )
         async with self.out.answering() as replies:
             hub = await self._get_hub()
-            seqs = await hub.add_logins(self, identity.logins)
+            limit = conf.MAX_SESSIONS_PER_LOGIN
+            crowded = [] if refresh else [x for x in identity.logins if hub.sessions_of(x) >= limit]
+            if crowded:
+                replies.append(
+                    frames.error(
+                        ErrorCode.TOO_MANY_SESSIONS,
+                        f"at most {limit} sessions per login on this server",
+                        logins=crowded,
+                    )
+                )
+                self._close_soon(CloseCode.TOO_MANY_SESSIONS)
+                return
+            seqs = await hub.add_session(self, identity.user_id, identity.logins)
             self.identity = identity
             replies.append(
                 frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs)

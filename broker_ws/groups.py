@@ -27,6 +27,7 @@ QUOTE = "q"
 LOGIN = "l"
 USER = "u"
 EVERYONE = "all"
+REVOKED = "revoked"
 _HASHED_SUFFIX = "h"
 
 
@@ -77,6 +78,11 @@ def user_group(user_id: str) -> str:
 def everyone_group() -> str:
     """Group of every authenticated session (broadcast notifications)."""
     return f"{conf.KEY_PREFIX}.{EVERYONE}"
+
+
+def revocations_group() -> str:
+    """Channel every server process hears revoked user ids on."""
+    return f"{conf.KEY_PREFIX}.{REVOKED}"
 
 
 def parse_group(name: str) -> tuple[str, str | None]:

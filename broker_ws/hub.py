@@ -29,7 +29,7 @@ from typing import Protocol
 
 from channels.db import database_sync_to_async
 
-from broker_ws import groups, outbox
+from broker_ws import groups, outbox, revocation
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_account, unpack_account
 from broker_ws.conf import conf
@@ -53,6 +53,9 @@ class Session(Protocol):
 
     async def push_account(self, login: str, seq: int, text: str) -> None:
         """Send an account frame of ``login`` numbered ``seq``."""
+
+    async def revoke(self) -> None:
+        """Close the session: its user's access was revoked."""
 
 
 @dataclass(eq=False)
@@ -81,7 +84,10 @@ class Hub:
         self.logins: dict[str, LoginState] = {}
         self.everyone: set[Session] = set()
         self.everyone_channel = groups.everyone_group()
+        self.users: dict[str, set[Session]] = {}
+        self.revocations_channel = groups.revocations_group()
         self.cursor: OutboxCursor | None = None
+        self.revocation_cursor: OutboxCursor | None = None
         self._inbox: deque[tuple[str, str]] = deque()
         self._wakeup = asyncio.Event()
         self._poll_now = asyncio.Event()
@@ -96,7 +102,7 @@ class Hub:
             if self._started:
                 return
             await self.subscriber.start()
-            await self.subscriber.subscribe([self.everyone_channel])
+            await self.subscriber.subscribe([self.everyone_channel, self.revocations_channel])
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._pump()), loop.create_task(self._poll_outbox())]
             self._started = True
@@ -147,6 +153,9 @@ class Hub:
         if channel == self.everyone_channel:
             for session in tuple(self.everyone):
                 await _guarded(session.push(payload))
+        elif channel == self.revocations_channel:
+            for session in tuple(self.users.get(payload, ())):
+                await _guarded(session.revoke())
 
     async def _account(self, state: LoginState, payload: str) -> None:
         seq, frame = unpack_account(payload)
@@ -182,15 +191,17 @@ class Hub:
 
     # --- outbox -------------------------------------------------------------
     async def _poll_outbox(self) -> None:
-        """Read frames the bus did not bring, every ``OUTBOX_POLL_INTERVAL``."""
+        """Read what the bus did not bring, every ``OUTBOX_POLL_INTERVAL``:
+        account frames and revocations."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poll_now.wait(), conf.OUTBOX_POLL_INTERVAL)
             self._poll_now.clear()
-            if not self.logins or self.cursor is None:
+            if not self.users or self.cursor is None or self.revocation_cursor is None:
                 continue
             try:
                 await self._read_outbox(self.cursor)
+                await self._read_revocations(self.revocation_cursor)
             except Exception as exc:
                 logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
 
@@ -203,6 +214,25 @@ class Hub:
                 self._inbox.append((channel, pack_account(event.seq, event.frame)))
         if events:
             self._wakeup.set()
+
+    async def _read_revocations(self, cursor: OutboxCursor) -> None:
+        rows = await database_sync_to_async(revocation.read_after)(
+            cursor.position, cursor.missing()
+        )
+        cursor.advance(row_id for row_id, _ in rows)
+        for _, user_id in rows:
+            if user_id in self.users:
+                self._inbox.append((self.revocations_channel, user_id))
+                self._wakeup.set()
+
+    async def _start_cursors(self) -> None:
+        """Start reading the outbox and revocations from about now."""
+        async with self._lock:
+            if self.cursor is None or self.revocation_cursor is None:
+                last_event = await database_sync_to_async(outbox.last_id)()
+                last_revocation = await database_sync_to_async(revocation.last_id)()
+                self.revocation_cursor = OutboxCursor(max(last_revocation - INITIAL_LOOKBACK, 0))
+                self.cursor = OutboxCursor(max(last_event - INITIAL_LOOKBACK, 0))
 
     # --- quotes ---------------------------------------------------------
     async def add_quotes(self, session: Session, symbols: Sequence[str]) -> list[str]:
@@ -254,11 +284,22 @@ class Hub:
             asyncio.get_running_loop().create_task(self._release(emptied))
 
     # --- logins ---------------------------------------------------------
-    async def add_logins(self, session: Session, logins: Sequence[str]) -> dict[str, int]:
-        """Register ``session`` for its logins' frames; return their current seq.
+    def sessions_of(self, login: str) -> int:
+        """How many sessions of this process receive ``login``'s frames."""
+        state = self.logins.get(groups.login_group(login))
+        return len(state.sessions) if state is not None else 0
+
+    async def add_session(
+        self, session: Session, user_id: str, logins: Sequence[str]
+    ) -> dict[str, int]:
+        """Register an authorized session for its logins' frames, broadcasts and
+        revocations; return its logins' current seq.
 
         Every frame with a higher seq reaches the session after this returns.
         """
+        if self.cursor is None:
+            await self._start_cursors()
+        self.users.setdefault(user_id, set()).add(session)
         seqs: dict[str, int] = {}
         for login in logins:
             channel = groups.login_group(login)
@@ -282,9 +323,6 @@ class Hub:
         self._login_ready[channel] = ready
         try:
             async with self._lock:
-                if self.cursor is None:
-                    last = await database_sync_to_async(outbox.last_id)()
-                    self.cursor = OutboxCursor(max(last - INITIAL_LOOKBACK, 0))
                 state = self.logins.setdefault(channel, LoginState(login))
                 if state.seq is None:
                     # Subscribe first, then read: a frame committed in between
@@ -310,11 +348,19 @@ class Hub:
             self._login_ready.pop(channel, None)
 
     def remove_session(
-        self, session: Session, symbols: Iterable[str], logins: Iterable[str]
+        self,
+        session: Session,
+        symbols: Iterable[str],
+        logins: Iterable[str],
+        user_id: str | None = None,
     ) -> None:
         """Forget a closed session everywhere."""
         self.remove_quotes(session, symbols)
         self.everyone.discard(session)
+        if user_id is not None and user_id in self.users:
+            self.users[user_id].discard(session)
+            if not self.users[user_id]:
+                del self.users[user_id]
         emptied = []
         for login in logins:
             channel = groups.login_group(login)

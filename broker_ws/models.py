@@ -51,3 +51,22 @@ class AccountEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.login}#{self.seq}"
+
+
+class Revocation(models.Model):
+    """A user's access revoked: tokens issued up to ``revoked_at`` are refused.
+
+    Written in the revoking transaction (like account frames); every server
+    process reads new rows, on the bus or from this table, and closes that
+    user's sessions with 4004.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user_id = models.CharField(max_length=191, db_index=True)
+    revoked_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "revocation"
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} at {self.revoked_at:%Y-%m-%d %H:%M:%S}"

@@ -62,6 +62,9 @@ class ErrorCode(enum.StrEnum):
     INVALID_SYMBOLS = "invalid_symbols"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     INTERNAL_ERROR = "internal_error"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    REVOKED = "revoked"
 
 
 @dataclass(frozen=True, slots=True)

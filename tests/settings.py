@@ -17,7 +17,9 @@ DATABASES = {
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-BROKER_WS = {**DEMO_BROKER_WS, "REDIS_URL": None}
+# Tests send messages far faster than any client may; the rate-limit tests
+# lower the limit themselves.
+BROKER_WS = {**DEMO_BROKER_WS, "REDIS_URL": None, "MAX_MESSAGES_PER_SECOND": 1_000_000}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

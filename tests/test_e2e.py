@@ -90,3 +90,29 @@ async def test_demo_feed_ticks_in_the_embedded_server(tmp_path: Path) -> None:
             later = await next_frame(ws, lambda f: isinstance(f, list) and f[4] > first[4])
             assert first[1] == later[1] == "US 500"
             assert later[2] < later[3]  # bid below ask
+
+
+async def test_revoking_from_another_process_closes_sessions_within_a_second(
+    demo: Deployment,
+) -> None:
+    """``manage.py ws_revoke`` in its own process closes the user's sessions with 4004
+    within one second of returning, with or without Redis; other users stay."""
+    host = demo.start_server("--no-feed")
+    alice = obtain_token(host, "alice", "alice-demo-pass")["access"]
+    bob = obtain_token(host, "bob", "bob-demo-pass")["access"]
+    sessions = []
+    for token in (alice, alice, bob):
+        ws = await websockets.connect(f"ws://{host}/")
+        await ws.send(json.dumps({"authorization": token}))
+        assert json.loads(await ws.recv())["event"] == "authorized"
+        sessions.append(ws)
+    await asyncio.to_thread(demo.manage, "ws_revoke", "alice")
+    async with asyncio.timeout(1.0):
+        for ws in sessions[:2]:
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 4004
+    await sessions[2].send("ping")
+    assert await sessions[2].recv() == "pong"
+    await sessions[2].close()

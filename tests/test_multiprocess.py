@@ -101,6 +101,8 @@ async def test_concurrent_saves_from_two_processes_number_frames_without_gaps(
 async def test_connect_storm_of_2000_clients_on_one_server(cluster: Deployment) -> None:
     """2000 clients connecting at once all authenticate, subscribe and get a quote;
     none is closed and the server logs no exception."""
+    # Three demo users carry the 2000 sessions: lift the per-login session limit.
+    cluster.env["BROKER_WS_JSON"] = json.dumps({"MAX_SESSIONS_PER_LOGIN": STORM})
     host = cluster.start_server("--no-feed")
     tokens = [
         obtain_token(host, u, p)["access"]

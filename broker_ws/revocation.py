@@ -1,0 +1,87 @@
+"""Revoking a user's access: refuse its tokens and close its sessions everywhere.
+
+:func:`revoke_user` records a :class:`~broker_ws.models.Revocation` in the
+current transaction and, when it commits, tells every server process on the
+bus; processes also find it in the table within ``OUTBOX_POLL_INTERVAL``
+(the bus may be down, or absent between processes). Each closes that user's
+sessions with 4004, and :func:`broker_ws.auth.authenticate` refuses tokens
+issued up to the revocation. Deactivating a user (``is_active = False``,
+saved through the ORM) revokes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from broker_ws import groups
+from broker_ws.backends import get_backend
+from broker_ws.models import Revocation
+
+logger = logging.getLogger(__name__)
+
+
+def _user_id(user: Any) -> str:
+    return str(getattr(user, "pk", user))
+
+
+def revoke_user(user: Any, using: str | None = None) -> None:
+    """Close every session of ``user`` (a user or its primary key) and refuse its tokens.
+
+    Tokens issued until now are refused from now on; tokens issued later
+    (after the user logs in again) are accepted. Inside a transaction, this
+    takes effect when it commits.
+    """
+    alias = using or DEFAULT_DB_ALIAS
+    user_id = _user_id(user)
+    Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
+    transaction.on_commit(partial(_announce, user_id), using=alias, robust=True)
+
+
+async def arevoke_user(user: Any) -> None:
+    """Async :func:`revoke_user`."""
+    await database_sync_to_async(revoke_user)(user)
+
+
+def _announce(user_id: str) -> None:
+    try:
+        get_backend().publish(groups.revocations_group(), user_id)
+    except Exception as exc:
+        logger.warning(
+            "broker_ws: bus publish of a revocation failed (%s); server processes will "
+            "read it from the database",
+            exc,
+        )
+
+
+def revoked_since(user_id: str, issued_at: dt.datetime) -> bool:
+    """Whether ``user_id`` was revoked at or after ``issued_at``."""
+    return Revocation.objects.filter(user_id=user_id, revoked_at__gte=issued_at).exists()
+
+
+def last_id() -> int:
+    """The highest revocation id so far (0 if none)."""
+    return Revocation.objects.aggregate(last=Max("id"))["last"] or 0
+
+
+def read_after(cursor: int, also: Sequence[int] = ()) -> list[tuple[int, str]]:
+    """``(id, user_id)`` of revocations after ``cursor`` and with ids in ``also``."""
+    rows = list(Revocation.objects.filter(id__gt=cursor).values_list("id", "user_id")[:1000])
+    if also:
+        rows += Revocation.objects.filter(id__in=list(also)).values_list("id", "user_id")
+    return sorted(rows)
+
+
+def revoke_deactivated(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_save`` of the user model: a user saved inactive is revoked."""
+    if kwargs.get("raw") or getattr(instance, "is_active", True):
+        return
+    revoke_user(instance, using=kwargs.get("using"))
