@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from broker_ws.conf import conf
@@ -38,27 +39,38 @@ DRAIN_CHECK = 0.05
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def write_buffer_probe(send: Any) -> Callable[[], int] | None:
-    """A function giving the bytes the server holds for this socket, if it can be seen.
+def write_buffer_probe(send: Any) -> tuple[Callable[[], int], int] | None:
+    """How to see the bytes the server holds for this socket, and how many it may hold.
 
     daphne passes ``partial(server.handle_reply, protocol)`` as ``send``;
     uvicorn passes a bound method of its protocol. Either way the protocol's
-    transport tells how much is waiting to be written. Other servers (and
-    test communicators) hide it: the session then has no slow-consumer policy.
+    transport tells how much is waiting to be written. Returns a function
+    giving that size and the threshold past which the session is slow:
+    ``SLOW_CONSUMER_BUFFER``, or for asyncio transports (uvicorn) at most half
+    their high-water mark, because above that mark uvicorn's ``send`` waits
+    for the client and would hold up every other session of the process.
+    Other servers (and test communicators) hide the transport: None, and the
+    session has no slow-consumer policy.
     """
     args = getattr(send, "args", None)
     protocol = args[0] if args else getattr(send, "__self__", None)
     transport = getattr(protocol, "transport", None)
+    limit = conf.SLOW_CONSUMER_BUFFER
     for candidate in (transport, getattr(transport, "transport", None)):  # TLS wraps TCP
         if candidate is None:
             continue
         size = getattr(candidate, "get_write_buffer_size", None)
         if callable(size):  # asyncio transports (uvicorn)
-            return size
+            _low, high = candidate.get_write_buffer_limits()
+            return size, min(limit, max(high // 2, 1))
         if hasattr(candidate, "dataBuffer") and hasattr(candidate, "_tempDataLen"):
-            tcp = candidate  # Twisted FileDescriptor (daphne)
-            return lambda: len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+            return partial(_twisted_buffer_size, candidate), limit  # daphne
     return None
+
+
+def _twisted_buffer_size(transport: Any) -> int:
+    """Bytes a Twisted ``FileDescriptor`` still has to write."""
+    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
 
 class Outgoing:
@@ -67,7 +79,9 @@ class Outgoing:
     def __init__(self, send: Send, on_too_slow: Callable[[], Awaitable[None]]) -> None:
         self._send = send
         self._on_too_slow = on_too_slow
-        self._queued = write_buffer_probe(send)
+        probe = write_buffer_probe(send)
+        self._queued: Callable[[], int] | None = probe[0] if probe else None
+        self._limit = probe[1] if probe else 0
         self._ordered: deque[str] = deque()
         self._quotes: dict[str, str] = {}
         self._sending = False
@@ -124,7 +138,7 @@ class Outgoing:
 
     # --- writing ----------------------------------------------------------
     def _backed_up(self) -> bool:
-        return self._queued is not None and self._queued() > conf.SLOW_CONSUMER_BUFFER
+        return self._queued is not None and self._queued() > self._limit
 
     async def _write_now(self, text: str) -> None:
         if self._backed_up():

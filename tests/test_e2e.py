@@ -43,10 +43,14 @@ async def next_frame(ws: Any, wanted: Any) -> Any:
                 return frame
 
 
-async def test_demo_streams_quotes_and_saves_from_other_processes(demo: Deployment) -> None:
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+async def test_demo_streams_quotes_and_saves_from_other_processes(
+    demo: Deployment, server: str
+) -> None:
     """A real client gets a token over REST, subscribes, and receives a quote and the
-    balance frame caused by saves made in other processes, with seq rising by one."""
-    host = demo.start_server("--no-feed")
+    balance frame caused by saves made in other processes, with seq rising by one,
+    under daphne and under uvicorn."""
+    host = demo.start_server("--no-feed", "--server", server)
     token = obtain_token(host, "alice", "alice-demo-pass")["access"]
     async with websockets.connect(f"ws://{host}/") as ws:
         await ws.send("ping")

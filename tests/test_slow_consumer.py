@@ -93,12 +93,14 @@ def demo(tmp_path: Path) -> Iterator[Deployment]:
         yield dep
 
 
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 async def test_stalled_client_neither_grows_the_server_nor_delays_others(
-    demo: Deployment,
+    demo: Deployment, server: str
 ) -> None:
     """With quotes at 2000/s, a client that stops reading costs the server no
-    growing memory, and a reading client keeps getting fresh quotes."""
-    host = demo.start_server("--rate", "2000", "--symbols", ",".join(SYMBOLS))
+    growing memory, and a reading client keeps getting fresh quotes (daphne never
+    blocks a send; uvicorn's send would wait for the stalled socket to drain)."""
+    host = demo.start_server("--rate", "2000", "--symbols", ",".join(SYMBOLS), "--server", server)
     pid = demo.servers[-1].pid
     token = obtain_token(host, "alice", "alice-demo-pass")["access"]
     stalled = StalledClient(host)
