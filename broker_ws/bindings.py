@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,14 +52,25 @@ def _getter(accessor: Accessor) -> Callable[[Any], Any]:
 
 @dataclass(frozen=True)
 class Binding:
-    """How one model feeds one account marker."""
+    """How one model feeds one account marker.
+
+    ``current`` filters the rows a REST snapshot includes (open trades,
+    active alerts); None includes every row of the login. A snapshot finds a
+    login's rows through ``login`` when it is an attribute path.
+    """
 
     model: type[models.Model]
     marker: str
     login: Accessor
     fields: tuple[Accessor, ...]
+    current: Mapping[str, Any] | None = None
 
-    def snapshot(self, instance: models.Model) -> tuple[str, tuple[str, str]] | None:
+    @property
+    def login_lookup(self) -> str | None:
+        """The ORM lookup of the login (``account__login``), if ``login`` is a path."""
+        return self.login.replace(".", "__") if isinstance(self.login, str) else None
+
+    def frame_parts(self, instance: models.Model) -> tuple[str, tuple[str, str]] | None:
         """``(login, frame parts)`` for ``instance``, or None if it has no login."""
         _settle_expressions(instance)
         login = _getter(self.login)(instance)
@@ -111,6 +122,7 @@ def bind(
     marker: str,
     login: Accessor,
     fields: Sequence[Accessor],
+    current: Mapping[str, Any] | None = None,
 ) -> Binding:
     """Push ``[marker, login, seq, *fields]`` on every committed save of ``model``.
 
@@ -119,12 +131,14 @@ def bind(
         marker: ``"b"`` (balance), ``"o"`` (trade) or ``"a"`` (price alert).
         login: attribute path or callable giving an instance's login.
         fields: attribute paths or callables, in frame order.
+        current: filter of the rows a REST snapshot returns (``{"status": "open"}``);
+            None returns every row of the login.
     """
     if isinstance(model, str):
         model = apps.get_model(model)
     if marker not in frames.ACCOUNT_MARKERS:
         raise ConfigurationError(f"marker must be one of {sorted(frames.ACCOUNT_MARKERS)}")
-    binding = Binding(model, marker, login, tuple(fields))
+    binding = Binding(model, marker, login, tuple(fields), current)
     _registry[model._meta.concrete_model or model] = binding
     # One receiver for every model: saves through a proxy of a bound model
     # must push too, and the registry lookup is one dict access per save.
@@ -151,7 +165,11 @@ def bind_from_settings(declared: Iterable[dict[str, Any]]) -> None:
     for entry in declared if isinstance(declared, list | tuple) else ():
         try:
             bind(
-                entry["model"], marker=entry["marker"], login=entry["login"], fields=entry["fields"]
+                entry["model"],
+                marker=entry["marker"],
+                login=entry["login"],
+                fields=entry["fields"],
+                current=entry.get("current"),
             )
         except (KeyError, TypeError, ValueError, LookupError, ConfigurationError):
             continue
@@ -180,9 +198,9 @@ def _schedule(instances: Iterable[models.Model], using: str | None) -> int:
         binding = _registry.get(type(instance)._meta.concrete_model or type(instance))
         if binding is None:
             continue
-        snapshot = binding.snapshot(instance)
-        if snapshot is not None:
-            login, parts = snapshot
+        parts_of = binding.frame_parts(instance)
+        if parts_of is not None:
+            login, parts = parts_of
             by_login.setdefault(login, []).append(parts)
     if not by_login:
         return 0

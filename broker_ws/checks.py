@@ -147,6 +147,10 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
                     id="broker_ws.E007",
                 )
             )
+        if entry.get("current") is not None and not isinstance(entry["current"], dict):
+            errors.append(
+                Error(f"{where}: current must be a dict of filters or None.", id="broker_ws.E007")
+            )
         if not isinstance(entry["fields"], list | tuple):
             errors.append(Error(f"{where}: fields must be a list.", id="broker_ws.E007"))
         elif model is not None:

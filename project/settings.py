@@ -200,12 +200,15 @@ BROKER_WS = {
                 "status",
                 "updated_at",
             ],
+            # A REST snapshot lists open trades only.
+            "current": {"status": "open"},
         },
         {
             "model": "broker.PriceAlert",
             "marker": "a",
             "login": "account.login",
             "fields": ["id", "symbol", "condition", "price", "status", "updated_at"],
+            "current": {"status": "active"},
         },
     ],
 }

@@ -1,0 +1,55 @@
+"""REST snapshots: the current account state in the stream's own frames.
+
+A client that reconnects without resume (or is told to ``resync``) fetches
+this and parses it with its stream parser: every bound model's current rows
+of the caller's logins, each encoded exactly as the stream would send it,
+numbered with the login's current seq. The stream then continues with
+seq + 1, so the client knows precisely where it stands.
+
+Rows and seqs are read in one transaction holding the logins' sequence rows
+(``SELECT ... FOR UPDATE`` where the database has it; SQLite serialises
+writers anyway), so no save of those logins can commit in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+from django.db import transaction
+
+from broker_ws import bindings
+from broker_ws.frames import join_account
+from broker_ws.models import LoginSequence
+
+#: Markers in the order a snapshot lists them.
+MARKER_ORDER = {"b": 0, "o": 1, "a": 2}
+
+
+def account_snapshot(logins: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    """The current seq of each login and the frames of their current rows."""
+    wanted = list(dict.fromkeys(str(login) for login in logins))
+    encoded: list[str] = []
+    with transaction.atomic():
+        held = LoginSequence.objects.select_for_update().filter(login__in=wanted)
+        found = dict(held.values_list("login", "seq"))
+        seqs = {login: found.get(login, 0) for login in wanted}
+        ordered = sorted(bindings.bindings().values(), key=lambda b: MARKER_ORDER[b.marker])
+        for binding in ordered:
+            lookup = binding.login_lookup
+            if lookup is None or not wanted:
+                continue  # a callable login cannot be queried
+            rows = binding.model._default_manager.filter(**{f"{lookup}__in": wanted})
+            if binding.current:
+                rows = rows.filter(**binding.current)
+            for instance in rows.order_by("pk"):
+                parts = binding.frame_parts(instance)
+                if parts is not None and parts[0] in seqs:
+                    login, (head, tail) = parts
+                    encoded.append(join_account(head, seqs[login], tail))
+    return seqs, encoded
+
+
+def encode_snapshot(seqs: dict[str, int], frames: list[str]) -> bytes:
+    """``{"seq": {...}, "frames": [...]}`` with the frames embedded as encoded."""
+    return orjson.dumps({"seq": seqs, "frames": [orjson.Fragment(f) for f in frames]})

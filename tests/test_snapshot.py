@@ -1,0 +1,108 @@
+"""GET /api/snapshot/: the caller's current account state as stream frames, with seq."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client as HttpClient
+
+from project.broker.models import Account, PriceAlert, Trade
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def get_snapshot(token: str | None, query: str = "") -> Any:
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    return HttpClient().get(f"/api/snapshot/{query}", **headers)
+
+
+@database_sync_to_async
+def add_rows(login: str) -> None:
+    account = Account.objects.get(login=login)
+    ticket = int(login) * 10
+    Trade.objects.create(
+        account=account,
+        ticket=ticket,
+        symbol="EURUSD",
+        side="buy",
+        volume=Decimal("1"),
+        open_price=Decimal("1.1"),
+    )
+    Trade.objects.create(
+        account=account,
+        ticket=ticket + 1,
+        symbol="EURUSD",
+        side="sell",
+        volume=Decimal("2"),
+        open_price=Decimal("1.2"),
+        status="closed",
+    )
+    PriceAlert.objects.create(
+        account=account, symbol="EURUSD", condition="above", price=Decimal("2")
+    )
+    PriceAlert.objects.create(
+        account=account, symbol="EURUSD", condition="below", price=Decimal("1"), status="cancelled"
+    )
+
+
+async def test_snapshot_lists_current_rows_of_the_callers_logins_as_frames(
+    make_user: Any,
+) -> None:
+    """Balances, open trades and active alerts of the caller's logins only, each frame
+    in the stream's layout with the login's current seq."""
+    alice = await make_user("alice", ["1001", "1002"])
+    await make_user("bob", ["2001"])
+    await add_rows("1001")
+    await add_rows("2001")
+    response = await database_sync_to_async(get_snapshot)(alice.token)
+    assert response.status_code == 200
+    body = orjson.loads(response.content)
+    seq = body["seq"]
+    assert set(seq) == {"1001", "1002"} and seq["1001"] == 5  # balance, 2 trades, 2 alerts
+    frames = body["frames"]
+    assert [(f[0], f[1]) for f in frames] == [
+        ("b", "1001"),
+        ("b", "1002"),
+        ("o", "1001"),
+        ("a", "1001"),
+    ]
+    assert all(f[2] == seq[f[1]] for f in frames)
+    assert frames[2][3:7] == [10010, "EURUSD", "buy", 1]
+    assert frames[3][7] == "active"
+
+
+async def test_snapshot_seq_is_where_the_stream_continues(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """The snapshot's seq equals the stream's, and the next live frame has seq + 1."""
+    from tests.test_accounts import save_balance, session
+
+    alice = await make_user("alice", ["1001"])
+    client, data = await session(client_factory, alice.token)
+    body = orjson.loads((await database_sync_to_async(get_snapshot)(alice.token)).content)
+    assert body["seq"] == data["seq"]
+    await save_balance("1001", "5")
+    assert (await client.recv())[2] == body["seq"]["1001"] + 1
+
+
+async def test_snapshot_of_another_users_login_is_not_found(make_user: Any) -> None:
+    """?login= naming a login the caller is not linked to is a 404, like a missing one."""
+    alice = await make_user("alice", ["1001"])
+    await make_user("bob", ["2001"])
+    for login in ("2001", "9999"):
+        response = await database_sync_to_async(get_snapshot)(alice.token, f"?login={login}")
+        assert response.status_code == 404
+    response = await database_sync_to_async(get_snapshot)(alice.token, "?login=1001")
+    assert list(orjson.loads(response.content)["seq"]) == ["1001"]
+
+
+async def test_snapshot_needs_a_valid_access_token(make_user: Any) -> None:
+    """No token, or a refresh token, is refused with 401."""
+    alice = await make_user("alice", ["1001"])
+    for token in (None, alice.refresh):
+        response = await database_sync_to_async(get_snapshot)(token)
+        assert response.status_code == 401
