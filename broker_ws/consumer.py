@@ -23,7 +23,7 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 
-from broker_ws import frames, protocol
+from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ProtocolError
@@ -52,6 +52,7 @@ class StreamConsumer(AsyncConsumer):
         self.closed = False
         self.out = Outgoing(send, self._too_slow)
         self.rate = TokenBucket(conf.MAX_MESSAGES_PER_SECOND)
+        self._counted = False  # in the session gauges
         # Per login, the last seq the client already has (from its resume).
         self.seen: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -70,6 +71,8 @@ class StreamConsumer(AsyncConsumer):
 
     # --- lifecycle ------------------------------------------------------
     async def _on_connect(self) -> None:
+        metrics.SESSIONS.inc()
+        self._counted = True
         if self.scope.get("path", "/") not in ROOT_PATHS or not origin_allowed(self.scope):
             # Refused at the handshake: the client sees HTTP 403.
             self.closed = True
@@ -92,6 +95,7 @@ class StreamConsumer(AsyncConsumer):
         if self.closed:
             return
         self.closed = True
+        metrics.CLOSES.labels(code=str(int(code))).inc()
         logger.info("broker_ws: closing session with %s (%d)", code.name, code)
         try:
             await self.base_send({"type": "websocket.close", "code": int(code)})
@@ -102,6 +106,12 @@ class StreamConsumer(AsyncConsumer):
 
     def _forget(self) -> None:
         self.closed = True
+        if self._counted:
+            self._counted = False
+            metrics.SESSIONS.dec()
+            metrics.SUBSCRIPTIONS.dec(len(self.symbols))
+            if self.identity is not None:
+                metrics.AUTHENTICATED.dec()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -187,6 +197,7 @@ class StreamConsumer(AsyncConsumer):
         try:
             identity = await authenticate(command.token)
         except AuthenticationError as exc:
+            metrics.AUTH_FAILURES.inc()
             await self._error(ErrorCode.AUTH_FAILED, str(exc))
             if self.identity is None:
                 await self.close(CloseCode.AUTH_FAILED)
@@ -216,6 +227,8 @@ class StreamConsumer(AsyncConsumer):
                 self._close_soon(CloseCode.TOO_MANY_SESSIONS)
                 return
             seqs = await hub.add_session(self, identity.user_id, identity.logins)
+            if not refresh:
+                metrics.AUTHENTICATED.inc()
             self.identity = identity
             replies.append(
                 frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs)
@@ -240,6 +253,7 @@ class StreamConsumer(AsyncConsumer):
             hub = await self._get_hub()
             snapshot = await hub.add_quotes(self, new)
             self.symbols.update(new)
+            metrics.SUBSCRIPTIONS.inc(len(new))
             replies.append(frames.control("subscribed", [s for s in accepted if s not in over]))
             if refused:
                 replies.append(
@@ -262,6 +276,7 @@ class StreamConsumer(AsyncConsumer):
     async def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
         removed = [symbol for symbol in command.symbols if symbol in self.symbols]
         self.symbols.difference_update(removed)
+        metrics.SUBSCRIPTIONS.dec(len(removed))
         if self.hub is not None and removed:
             self.hub.remove_quotes(self, removed)
         await self.push(frames.control("unsubscribed", list(command.symbols)))

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from channels.db import database_sync_to_async
 
-from broker_ws import groups, outbox, revocation
+from broker_ws import groups, metrics, outbox, revocation
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_account, unpack_account
 from broker_ws.conf import conf
@@ -140,6 +140,7 @@ class Hub:
         sessions = self.quotes.get(channel)
         if sessions is not None:
             self.last_quote[channel] = payload
+            metrics.QUOTE_FRAMES.inc(len(sessions))
             for session in tuple(sessions):  # the hot path: no wrapper per session
                 try:
                     await session.push_quote(channel, payload)
@@ -151,6 +152,7 @@ class Hub:
             await self._account(state, payload)
             return
         if channel == self.everyone_channel:
+            metrics.count_frames(payload, len(self.everyone))
             for session in tuple(self.everyone):
                 await _guarded(session.push(payload))
         elif channel == self.revocations_channel:
@@ -171,6 +173,7 @@ class Hub:
 
     async def _deliver(self, state: LoginState, seq: int, frame: str) -> None:
         state.seq = seq
+        metrics.count_frames(frame, len(state.sessions))
         for session in tuple(state.sessions):
             await _guarded(session.push_account(state.login, seq, frame))
 

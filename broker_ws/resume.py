@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from channels.db import database_sync_to_async
 
-from broker_ws import frames, outbox
+from broker_ws import frames, metrics, outbox
 
 
 def _missed(
@@ -24,22 +24,29 @@ def _missed(
     seen: dict[str, int] = {}
     for login, after in resume.items():
         upto = current.get(login)
-        if upto is None or after == upto:
-            continue  # not this session's login, or nothing missed
+        if upto is None:
+            continue  # not this session's login
+        if after == upto:
+            metrics.RESUMES.labels(outcome="up_to_date").inc()
+            continue
         if after > upto:
             # The client saw frames on a process that is ahead of this one:
             # they arrive here soon and the session skips them. A seq never
             # given at all (a restored database) means the client must resync.
             if outbox.current_seqs([login])[login] >= after:
                 seen[login] = after
+                metrics.RESUMES.labels(outcome="ahead").inc()
             else:
                 resync[login] = upto
+                metrics.RESUMES.labels(outcome="resync").inc()
             continue
         missed = outbox.history(login, after)
         if missed is None:
             resync[login] = upto
+            metrics.RESUMES.labels(outcome="resync").inc()
             continue
         replay.extend(event.frame for event in missed if event.seq <= upto)
+        metrics.RESUMES.labels(outcome="replayed").inc()
     return replay, resync, seen
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -34,3 +35,12 @@ class AccountSnapshotView(APIView):
             logins = [wanted]
         seqs, frames = account_snapshot(logins)
         return HttpResponse(encode_snapshot(seqs, frames), content_type="application/json")
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """This process's metrics in Prometheus text format.
+
+    Unprotected by itself: mount it behind whatever guards the host's other
+    operational endpoints (the demo allows loopback and staff users).
+    """
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

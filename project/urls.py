@@ -4,13 +4,14 @@ from django.contrib import admin
 from django.urls import path
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from broker_ws.views import AccountSnapshotView
-from project.broker.views import index
+from broker_ws.views import AccountSnapshotView, metrics_view
+from project.broker.views import index, operators_only
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
     path("api/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
     path("api/snapshot/", AccountSnapshotView.as_view(), name="account_snapshot"),
+    path("metrics", operators_only(metrics_view), name="metrics"),
     path("", index, name="index"),
 ]

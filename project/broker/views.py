@@ -1,8 +1,10 @@
 """The demo's landing page; the WebSocket shares "/" but is routed by asgi.py, not here."""
 
+from collections.abc import Callable
+from functools import wraps
 from html import escape
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.urls import reverse
 
 _PAGE = """<!doctype html>
@@ -32,3 +34,18 @@ def index(request: HttpRequest) -> HttpResponse:
             refresh=escape(reverse("token_refresh")),
         )
     )
+
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def operators_only(view: Callable[[HttpRequest], HttpResponse]) -> Callable[..., HttpResponse]:
+    """Let a Prometheus scraper on this machine, or a logged-in staff user, through."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest) -> HttpResponse:
+        if request.META.get("REMOTE_ADDR") in LOOPBACK or request.user.is_staff:
+            return view(request)
+        return HttpResponseForbidden("operators only")
+
+    return guarded
