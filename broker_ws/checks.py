@@ -2,8 +2,8 @@
 ``manage.py check`` (and at server start), never raised at import.
 
 IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
-E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL, E009 ALLOWED_ORIGINS,
-W001 Redis channel layer without REDIS_URL.
+E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
+E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, W001 Redis channel layer without REDIS_URL.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
             )
         )
     errors += _check_bindings(conf.BINDINGS)
+    errors += _check_alerts(conf.PRICE_ALERTS)
     url = conf.REDIS_URL
     if url is not None and (
         not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))
@@ -159,6 +160,30 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
                 if problem:
                     errors.append(Error(f"{where}: {problem}", id="broker_ws.E007"))
     return errors
+
+
+def _check_alerts(value: Any) -> list[CheckMessage]:
+    if value is None:
+        return []
+    from broker_ws.alerts import AlertConfig
+
+    try:
+        config = AlertConfig.from_settings(value)
+        fields = [config.symbol, config.price, config.condition, *config.armed]
+        fields += [*config.triggered, *([config.triggered_at] if config.triggered_at else [])]
+        for name in fields:
+            config.model._meta.get_field(name)
+    except Exception as exc:
+        return [
+            Error(
+                f"BROKER_WS['PRICE_ALERTS'] cannot be used: {exc}",
+                hint='A dict like {"model": "app.PriceAlert"}, with "symbol", "price", '
+                '"condition", "armed", "triggered" and "triggered_at" where the model\'s '
+                "fields are named otherwise (docs/settings.md).",
+                id="broker_ws.E010",
+            )
+        ]
+    return []
 
 
 def _accessor_problem(model: Any, accessor: Any) -> str | None:

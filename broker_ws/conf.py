@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # Browser Origins accepted. None: the hosts of ALLOWED_HOSTS. Clients
     # that send no Origin (apps, bots) are always accepted.
     "ALLOWED_ORIGINS": None,
+    # The price-alert engine (docs/settings.md): None, or a dict naming the
+    # alert model and, where they differ from the defaults, its fields.
+    "PRICE_ALERTS": None,
     # Model bindings: list of dicts with model, marker, login, fields.
     "BINDINGS": [],
     # redis-py connection pool size of each process (publisher and server).
@@ -131,6 +134,10 @@ class Settings:
     @property
     def ALLOWED_ORIGINS(self) -> list[str] | None:
         return self._get("ALLOWED_ORIGINS")
+
+    @property
+    def PRICE_ALERTS(self) -> dict[str, Any] | None:
+        return self._get("PRICE_ALERTS")
 
     @property
     def BINDINGS(self) -> list[dict[str, Any]]:

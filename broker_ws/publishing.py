@@ -21,6 +21,7 @@ from channels.db import database_sync_to_async
 
 from broker_ws import frames, groups
 from broker_ws.accounts import emit
+from broker_ws.alerts import check_quote
 from broker_ws.backends import get_backend
 
 Timestamp = dt.datetime | int | float | None
@@ -48,12 +49,14 @@ def publish_quote(symbol: str, bid: float, ask: float, ts: Timestamp = None) -> 
     """
     channel, frame = _quote(symbol, bid, ask, ts)
     get_backend().publish_quote(channel, symbol, frame)
+    check_quote(symbol, bid, ask)
 
 
 async def apublish_quote(symbol: str, bid: float, ask: float, ts: Timestamp = None) -> None:
     """Async :func:`publish_quote`."""
     channel, frame = _quote(symbol, bid, ask, ts)
     await get_backend().apublish_quote(channel, symbol, frame)
+    check_quote(symbol, bid, ask)
 
 
 def _account_parts(marker: str, fields: Sequence[Any], login: str) -> frames.FrameParts:

@@ -177,6 +177,9 @@ SIMPLE_JWT = {
 # broker_ws reads these keys itself; the project only declares them.
 BROKER_WS = {
     "REDIS_URL": REDIS_URL,
+    # The demo's alerts use the engine's default field names (symbol, price,
+    # condition above/below, status active -> triggered, triggered_at).
+    "PRICE_ALERTS": {"model": "broker.PriceAlert"},
     "LOGIN_RESOLVER": "project.broker.logins.logins_for_user",
     "BINDINGS": [
         {

@@ -18,8 +18,13 @@ DATABASES = {
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 # Tests send messages far faster than any client may; the rate-limit tests
-# lower the limit themselves.
-BROKER_WS = {**DEMO_BROKER_WS, "REDIS_URL": None, "MAX_MESSAGES_PER_SECOND": 1_000_000}
+# lower the limit themselves. The alert engine is on only in its own tests.
+BROKER_WS = {
+    **DEMO_BROKER_WS,
+    "REDIS_URL": None,
+    "MAX_MESSAGES_PER_SECOND": 1_000_000,
+    "PRICE_ALERTS": None,
+}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

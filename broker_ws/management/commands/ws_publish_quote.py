@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from broker_ws.alerts import get_engine
 from broker_ws.publishing import publish_quote
 
 
@@ -23,4 +24,7 @@ class Command(BaseCommand):
             publish_quote(options["symbol"], options["bid"], options["ask"], options["ts"])
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
+        engine = get_engine()
+        if engine is not None and not engine.wait_idle():
+            raise CommandError("price alerts fired by this quote were not all saved in time")
         self.stdout.write(f"published {options['symbol']} {options['bid']} / {options['ask']}")
