@@ -18,7 +18,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from broker_ws import groups, outbox
 from broker_ws.backends import get_backend
-from broker_ws.backends.base import pack_account
+from broker_ws.backends.base import pack_numbered
 from broker_ws.conf import conf
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def publish_committed(events: list[outbox.Event]) -> None:
     """Put committed events on the bus; a failure only delays them."""
     try:
         get_backend().publish_many(
-            [(groups.login_group(e.login), pack_account(e.seq, e.frame)) for e in events]
+            [(groups.login_group(e.login), pack_numbered(e.seq, e.frame)) for e in events]
         )
     except Exception as exc:
         logger.warning(

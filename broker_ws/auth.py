@@ -39,6 +39,7 @@ class Identity:
     username: str
     logins: tuple[str, ...]
     expires_ms: int
+    issued_at: int = 0  # the token's iat, epoch seconds
 
 
 def username_login(user: Any) -> list[str]:
@@ -95,6 +96,7 @@ def _load_identity(token: Any) -> Identity:
         username=str(user.get_username()),
         logins=logins,
         expires_ms=int(token["exp"]) * 1000,
+        issued_at=int(issued or 0),
     )
 
 

@@ -144,8 +144,13 @@ class StreamConsumer(AsyncConsumer):
     async def _too_slow(self) -> None:
         await self.close(CloseCode.TOO_SLOW)
 
-    async def revoke(self) -> None:
-        """Close the session: its user's access was revoked."""
+    async def revoke(self, revoked_at: float) -> None:
+        """Close the session if its token was issued up to ``revoked_at`` (epoch s).
+
+        A token issued later (the user logged in again) keeps its session.
+        """
+        if self.identity is None or self.identity.issued_at > revoked_at:
+            return
         await self._error(ErrorCode.REVOKED, "access was revoked")
         await self.close(CloseCode.REVOKED)
 
@@ -210,7 +215,11 @@ class StreamConsumer(AsyncConsumer):
             # In-band refresh: same user, new expiry; logins stay those the
             # session was opened with, and a resume is not replayed again.
             identity = Identity(
-                identity.user_id, identity.username, self.identity.logins, identity.expires_ms
+                identity.user_id,
+                identity.username,
+                self.identity.logins,
+                identity.expires_ms,
+                identity.issued_at,
             )
         async with self.out.answering() as replies:
             hub = await self._get_hub()

@@ -29,17 +29,13 @@ from typing import Protocol
 
 from channels.db import database_sync_to_async
 
-from broker_ws import groups, metrics, outbox, revocation
+from broker_ws import broadcasts, groups, metrics, outbox, tails
 from broker_ws.backends import Backend, get_backend
-from broker_ws.backends.base import pack_account, unpack_account
+from broker_ws.backends.base import pack_numbered, unpack_numbered
 from broker_ws.conf import conf
-from broker_ws.cursor import OutboxCursor
+from broker_ws.revocation import parse_revocation, revocation_payload
 
 logger = logging.getLogger(__name__)
-
-#: Outbox rows re-read when a process starts polling, so that transactions
-#: still open at that moment are not skipped (see :mod:`broker_ws.cursor`).
-INITIAL_LOOKBACK = 1000
 
 
 class Session(Protocol):
@@ -54,8 +50,8 @@ class Session(Protocol):
     async def push_account(self, login: str, seq: int, text: str) -> None:
         """Send an account frame of ``login`` numbered ``seq``."""
 
-    async def revoke(self) -> None:
-        """Close the session: its user's access was revoked."""
+    async def revoke(self, revoked_at: float) -> None:
+        """Close the session if its token was issued up to ``revoked_at`` (epoch s)."""
 
 
 @dataclass(eq=False)
@@ -86,8 +82,9 @@ class Hub:
         self.everyone_channel = groups.everyone_group()
         self.users: dict[str, set[Session]] = {}
         self.revocations_channel = groups.revocations_group()
-        self.cursor: OutboxCursor | None = None
-        self.revocation_cursor: OutboxCursor | None = None
+        self.tails: tuple[tails.Tail, ...] | None = None
+        self._broadcasts_seen: set[int] = set()
+        self._broadcasts_order: deque[int] = deque()
         self._inbox: deque[tuple[str, str]] = deque()
         self._wakeup = asyncio.Event()
         self._poll_now = asyncio.Event()
@@ -152,15 +149,27 @@ class Hub:
             await self._account(state, payload)
             return
         if channel == self.everyone_channel:
-            metrics.count_frames(payload, len(self.everyone))
-            for session in tuple(self.everyone):
-                await _guarded(session.push(payload))
+            broadcast_id, frame = unpack_numbered(payload)
+            if self._first_time(broadcast_id):  # the bus and the poll both bring it
+                metrics.count_frames(frame, len(self.everyone))
+                for session in tuple(self.everyone):
+                    await _guarded(session.push(frame))
         elif channel == self.revocations_channel:
-            for session in tuple(self.users.get(payload, ())):
-                await _guarded(session.revoke())
+            user_id, revoked_at = parse_revocation(payload)
+            for session in tuple(self.users.get(user_id, ())):
+                await _guarded(session.revoke(revoked_at))
+
+    def _first_time(self, broadcast_id: int) -> bool:
+        if broadcast_id in self._broadcasts_seen:
+            return False
+        self._broadcasts_seen.add(broadcast_id)
+        self._broadcasts_order.append(broadcast_id)
+        if len(self._broadcasts_order) > 2 * broadcasts.KEEP:
+            self._broadcasts_seen.discard(self._broadcasts_order.popleft())
+        return True
 
     async def _account(self, state: LoginState, payload: str) -> None:
-        seq, frame = unpack_account(payload)
+        seq, frame = unpack_numbered(payload)
         if state.seq is None:
             state.pending[seq] = frame
             return
@@ -195,47 +204,42 @@ class Hub:
     # --- outbox -------------------------------------------------------------
     async def _poll_outbox(self) -> None:
         """Read what the bus did not bring, every ``OUTBOX_POLL_INTERVAL``:
-        account frames and revocations."""
+        account frames, revocations and broadcasts (:mod:`broker_ws.tails`)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poll_now.wait(), conf.OUTBOX_POLL_INTERVAL)
             self._poll_now.clear()
-            if not self.users or self.cursor is None or self.revocation_cursor is None:
+            if not self.users or self.tails is None:
                 continue
             try:
-                await self._read_outbox(self.cursor)
-                await self._read_revocations(self.revocation_cursor)
+                events, revocations, broadcasts = await database_sync_to_async(tails.read)(
+                    self.tails
+                )
             except Exception as exc:
                 logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
-
-    async def _read_outbox(self, cursor: OutboxCursor) -> None:
-        events = await database_sync_to_async(outbox.read_after)(cursor.position, cursor.missing())
-        cursor.advance(event.id for event in events)
-        for event in events:
-            channel = groups.login_group(event.login)
-            if channel in self.logins:
-                self._inbox.append((channel, pack_account(event.seq, event.frame)))
-        if events:
-            self._wakeup.set()
-
-    async def _read_revocations(self, cursor: OutboxCursor) -> None:
-        rows = await database_sync_to_async(revocation.read_after)(
-            cursor.position, cursor.missing()
-        )
-        cursor.advance(row_id for row_id, _ in rows)
-        for _, user_id in rows:
-            if user_id in self.users:
-                self._inbox.append((self.revocations_channel, user_id))
+                continue
+            inbox = self._inbox
+            for _, login, seq, frame in events:
+                channel = groups.login_group(login)
+                if channel in self.logins:
+                    inbox.append((channel, pack_numbered(seq, frame)))
+            for _, user_id, revoked_at in revocations:
+                if user_id in self.users:
+                    inbox.append(
+                        (self.revocations_channel, revocation_payload(user_id, revoked_at))
+                    )
+            for broadcast_id, frame in broadcasts:
+                inbox.append((self.everyone_channel, pack_numbered(broadcast_id, frame)))
+            if inbox:
                 self._wakeup.set()
 
-    async def _start_cursors(self) -> None:
-        """Start reading the outbox and revocations from about now."""
+    async def _start_tails(self) -> None:
+        """Start following the outbox tables from about now."""
         async with self._lock:
-            if self.cursor is None or self.revocation_cursor is None:
-                last_event = await database_sync_to_async(outbox.last_id)()
-                last_revocation = await database_sync_to_async(revocation.last_id)()
-                self.revocation_cursor = OutboxCursor(max(last_revocation - INITIAL_LOOKBACK, 0))
-                self.cursor = OutboxCursor(max(last_event - INITIAL_LOOKBACK, 0))
+            if self.tails is None:
+                followed = tails.followed()
+                await database_sync_to_async(tails.start)(followed)
+                self.tails = followed
 
     # --- quotes ---------------------------------------------------------
     async def add_quotes(self, session: Session, symbols: Sequence[str]) -> list[str]:
@@ -300,8 +304,8 @@ class Hub:
 
         Every frame with a higher seq reaches the session after this returns.
         """
-        if self.cursor is None:
-            await self._start_cursors()
+        if self.tails is None:
+            await self._start_tails()
         self.users.setdefault(user_id, set()).add(session)
         seqs: dict[str, int] = {}
         for login in logins:
@@ -336,7 +340,7 @@ class Hub:
                     # Frames that arrived meanwhile go back through the pump,
                     # which runs only after the caller registered its session.
                     for seq, frame in sorted(state.pending.items()):
-                        self._inbox.append((channel, pack_account(seq, frame)))
+                        self._inbox.append((channel, pack_numbered(seq, frame)))
                     state.pending.clear()
                     self._wakeup.set()
             ready.set_result(None)

@@ -70,3 +70,18 @@ class Revocation(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} at {self.revoked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Broadcast(models.Model):
+    """A notification to every session, kept briefly so that every server process
+    delivers it, even one the bus does not reach (no Redis, or Redis down)."""
+
+    id = models.BigAutoField(primary_key=True)
+    frame = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "broadcast"
+
+    def __str__(self) -> str:
+        return f"broadcast {self.id}"

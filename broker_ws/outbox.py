@@ -12,9 +12,9 @@ seq (:func:`history`) and every row after a cursor (:func:`read_after`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 from django.db.models import F, Max
 
 from broker_ws.frames import FrameParts, join_account
@@ -104,21 +104,33 @@ def history(login: str, after: int) -> list[Event] | None:
     return rows
 
 
-def last_id() -> int:
-    """The highest event id written so far (0 for an empty outbox)."""
-    return AccountEvent.objects.aggregate(last=Max("id"))["last"] or 0
+def last_id(model: type[models.Model] = AccountEvent) -> int:
+    """The highest id of ``model``'s table so far (0 when it is empty)."""
+    return model._default_manager.aggregate(last=Max("id"))["last"] or 0
+
+
+def rows_after(
+    model: type[models.Model],
+    fields: Sequence[str],
+    cursor: int,
+    also: Sequence[int] = (),
+    limit: int = 1000,
+) -> list[tuple[Any, ...]]:
+    """``(id, *fields)`` of rows with id > ``cursor`` (at most ``limit``) and of those
+    with ids in ``also``, in id order.
+
+    ``also`` holds ids skipped earlier because their transaction had not
+    committed yet (see :class:`broker_ws.cursor.OutboxCursor`). Every table a
+    server process tails (events, revocations, broadcasts) is read this way.
+    """
+    manager = model._default_manager
+    rows = list(manager.filter(id__gt=cursor).order_by("id").values_list("id", *fields)[:limit])
+    if also:
+        rows += manager.filter(id__in=list(also)).values_list("id", *fields)
+    return sorted(rows)
 
 
 def read_after(cursor: int, also: Sequence[int] = (), limit: int = 1000) -> list[Event]:
-    """Events with id > ``cursor`` (at most ``limit``) plus those with ids in ``also``.
-
-    ``also`` holds ids skipped earlier because their transaction had not
-    committed yet (see :class:`broker_ws.relay.Cursor`).
-    """
-    queryset = AccountEvent.objects.filter(id__gt=cursor).order_by("id")
-    rows = list(queryset.values_list("id", "login", "seq", "frame")[:limit])
-    if also:
-        rows += AccountEvent.objects.filter(id__in=list(also)).values_list(
-            "id", "login", "seq", "frame"
-        )
-    return sorted(Event(*row) for row in rows)
+    """Account events after ``cursor`` (see :func:`rows_after`)."""
+    rows = rows_after(AccountEvent, ("login", "seq", "frame"), cursor, also, limit)
+    return [Event(*row) for row in rows]

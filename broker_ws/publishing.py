@@ -1,9 +1,10 @@
 """Publishing from any process: quotes, account frames, notifications.
 
-Each function encodes its frame once. Quotes and broadcasts go straight to
-the configured backend; account frames and per-login notifications go
-through the database outbox (:mod:`broker_ws.accounts`), which numbers them
-and publishes them when the current transaction commits. The sync functions
+Each function encodes its frame once. Quotes go straight to the configured
+backend; account frames and per-login notifications go through the database
+outbox (:mod:`broker_ws.accounts`), which numbers them and publishes them
+when the current transaction commits, and broadcasts through their own table
+(:mod:`broker_ws.broadcasts`), so that every server process gets them. The sync functions
 are safe from any thread (a request worker, a Celery task, a shell, a feed
 loop) and reuse one connection pool per process, so they never pay the
 per-call connection that ``async_to_sync(group_send)`` costs. The async ones
@@ -23,6 +24,7 @@ from broker_ws import frames, groups
 from broker_ws.accounts import emit
 from broker_ws.alerts import check_quote
 from broker_ws.backends import get_backend
+from broker_ws.broadcasts import record_broadcast
 
 Timestamp = dt.datetime | int | float | None
 
@@ -95,7 +97,7 @@ def notify(text: str, level: str = "info", login: str | None = None) -> int | No
     """
     frame = _broadcast(text, level)  # validates the arguments either way
     if login is None:
-        get_backend().publish(groups.everyone_group(), frame)
+        record_broadcast(frame)
         return None
     login = str(login)
     parts = frames.notification_parts(level, text, frames.now_ms(), login)
@@ -103,8 +105,5 @@ def notify(text: str, level: str = "info", login: str | None = None) -> int | No
 
 
 async def anotify(text: str, level: str = "info", login: str | None = None) -> int | None:
-    """Async :func:`notify`."""
-    if login is None:
-        await get_backend().apublish(groups.everyone_group(), _broadcast(text, level))
-        return None
+    """Async :func:`notify` (the database write runs in Django's database thread)."""
     return await database_sync_to_async(notify)(text, level, login)

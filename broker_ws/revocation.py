@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import DEFAULT_DB_ALIAS, transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from broker_ws import groups
@@ -42,8 +40,9 @@ def revoke_user(user: Any, using: str | None = None) -> None:
     """
     alias = using or DEFAULT_DB_ALIAS
     user_id = _user_id(user)
-    Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
-    transaction.on_commit(partial(_announce, user_id), using=alias, robust=True)
+    row = Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
+    payload = revocation_payload(user_id, row.revoked_at)
+    transaction.on_commit(partial(_announce, payload), using=alias, robust=True)
 
 
 async def arevoke_user(user: Any) -> None:
@@ -51,9 +50,21 @@ async def arevoke_user(user: Any) -> None:
     await database_sync_to_async(revoke_user)(user)
 
 
-def _announce(user_id: str) -> None:
+def revocation_payload(user_id: str, revoked_at: dt.datetime) -> str:
+    """Bus payload of a revocation: the user and when (sessions of tokens issued
+    later, after a new login, stay open)."""
+    return f"{user_id} {revoked_at.timestamp()}"
+
+
+def parse_revocation(payload: str) -> tuple[str, float]:
+    """Invert :func:`revocation_payload`: ``(user_id, epoch seconds)``."""
+    user_id, _, when = payload.rpartition(" ")
+    return user_id, float(when)
+
+
+def _announce(payload: str) -> None:
     try:
-        get_backend().publish(groups.revocations_group(), user_id)
+        get_backend().publish(groups.revocations_group(), payload)
     except Exception as exc:
         logger.warning(
             "broker_ws: bus publish of a revocation failed (%s); server processes will "
@@ -65,19 +76,6 @@ def _announce(user_id: str) -> None:
 def revoked_since(user_id: str, issued_at: dt.datetime) -> bool:
     """Whether ``user_id`` was revoked at or after ``issued_at``."""
     return Revocation.objects.filter(user_id=user_id, revoked_at__gte=issued_at).exists()
-
-
-def last_id() -> int:
-    """The highest revocation id so far (0 if none)."""
-    return Revocation.objects.aggregate(last=Max("id"))["last"] or 0
-
-
-def read_after(cursor: int, also: Sequence[int] = ()) -> list[tuple[int, str]]:
-    """``(id, user_id)`` of revocations after ``cursor`` and with ids in ``also``."""
-    rows = list(Revocation.objects.filter(id__gt=cursor).values_list("id", "user_id")[:1000])
-    if also:
-        rows += Revocation.objects.filter(id__in=list(also)).values_list("id", "user_id")
-    return sorted(rows)
 
 
 def revoke_deactivated(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -120,3 +120,24 @@ async def test_revoking_from_another_process_closes_sessions_within_a_second(
     await sessions[2].send("ping")
     assert await sessions[2].recv() == "pong"
     await sessions[2].close()
+
+
+async def test_broadcast_from_another_process_arrives_once(demo: Deployment) -> None:
+    """``manage.py ws_notify TEXT`` (no login) in its own process reaches every
+    session exactly once, with or without Redis (bus and outbox poll both bring it)."""
+    host = demo.start_server("--no-feed")
+    sessions = []
+    for user, password in (("alice", "alice-demo-pass"), ("bob", "bob-demo-pass")):
+        token = obtain_token(host, user, password)["access"]
+        ws = await websockets.connect(f"ws://{host}/")
+        await ws.send(json.dumps({"authorization": token}))
+        assert json.loads(await ws.recv())["event"] == "authorized"
+        sessions.append(ws)
+    await asyncio.to_thread(demo.manage, "ws_notify", "maintenance at 22:00", "--level", "warning")
+    await asyncio.to_thread(demo.manage, "ws_notify", "marker")
+    for ws in sessions:
+        first = await next_frame(ws, lambda f: isinstance(f, list))
+        second = await next_frame(ws, lambda f: isinstance(f, list))
+        assert first[:5] == ["n", None, None, "warning", "maintenance at 22:00"]
+        assert second[:5] == ["n", None, None, "info", "marker"]  # no duplicate between
+        await ws.close()

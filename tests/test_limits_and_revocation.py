@@ -126,3 +126,26 @@ async def test_sessions_per_login_over_the_limit_are_refused_with_4007(
         await fourth.send("ping")  # the hub forgets the first session meanwhile
         assert await fourth.recv_text() == "pong"
         await fourth.authorize(alice.token)
+
+
+async def test_old_revocation_does_not_close_a_session_of_a_later_token(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """A revocation heard late (a slow poll, a process that starts later) closes only
+    sessions whose token was issued before it."""
+    from broker_ws import groups
+    from broker_ws.backends import get_backend
+    from broker_ws.revocation import revocation_payload
+
+    alice = await make_user("alice", ["1001"])
+    client = await authorized(client_factory, alice.token)
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    await get_backend().apublish(
+        groups.revocations_group(), revocation_payload(str(alice.user_id), long_ago)
+    )
+    await client.send("ping")
+    assert await client.recv_text() == "pong"
+    await get_backend().apublish(
+        groups.revocations_group(), revocation_payload(str(alice.user_id), timezone.now())
+    )
+    assert await client.recv_close() == 4004

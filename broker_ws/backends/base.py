@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 MessageHandler = Callable[[str, str], None]
 
 
-def pack_account(seq: int, frame: str) -> str:
+def pack_numbered(seq: int, frame: str) -> str:
     """Payload of a login-channel message."""
     return f"{seq} {frame}"
 
 
-def unpack_account(payload: str) -> tuple[int, str]:
-    """Invert :func:`pack_account`."""
+def unpack_numbered(payload: str) -> tuple[int, str]:
+    """Invert :func:`pack_numbered`."""
     seq, _, frame = payload.partition(" ")
     return int(seq), frame
 

@@ -1,0 +1,59 @@
+"""The tables every server process follows: account events, revocations, broadcasts.
+
+Each is read from a :class:`~broker_ws.cursor.OutboxCursor` every
+``OUTBOX_POLL_INTERVAL``, in one trip to Django's database thread, for what
+the bus did not bring. Runs in that thread (``database_sync_to_async``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+
+from broker_ws.cursor import OutboxCursor
+from broker_ws.models import AccountEvent, Broadcast, Revocation
+from broker_ws.outbox import last_id, rows_after
+
+
+@dataclass
+class Tail:
+    """One followed table, and how far back a new process starts reading it.
+
+    Account events are re-read a little (``lookback`` rows) so that frames of
+    transactions still open at start are not skipped; seq numbers make
+    re-reading harmless. Revocations and broadcasts start at the end: an old
+    one must not act again in a process that starts later.
+    """
+
+    model: type[models.Model]
+    fields: tuple[str, ...]
+    lookback: int
+    cursor: OutboxCursor | None = None
+
+
+def followed() -> tuple[Tail, Tail, Tail]:
+    """Fresh tails of the account events, revocations and broadcasts."""
+    return (
+        Tail(AccountEvent, ("login", "seq", "frame"), lookback=1000),
+        Tail(Revocation, ("user_id", "revoked_at"), lookback=0),
+        Tail(Broadcast, ("frame",), lookback=0),
+    )
+
+
+def start(tails: tuple[Tail, ...]) -> None:
+    """Place each tail's cursor near the end of its table."""
+    for tail in tails:
+        tail.cursor = OutboxCursor(max(last_id(tail.model) - tail.lookback, 0))
+
+
+def read(tails: tuple[Tail, ...]) -> list[list[tuple[Any, ...]]]:
+    """The new rows of each tail (``(id, *fields)``), advancing their cursors."""
+    batches = []
+    for tail in tails:
+        assert tail.cursor is not None
+        rows = rows_after(tail.model, tail.fields, tail.cursor.position, tail.cursor.missing())
+        tail.cursor.advance(row[0] for row in rows)
+        batches.append(rows)
+    return batches
