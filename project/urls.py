@@ -1,6 +1,7 @@
 """URL routes for the demo; WebSocket upgrades on "/" never reach these (see asgi.py)."""
 
 from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
@@ -15,3 +16,7 @@ urlpatterns = [
     path("metrics", operators_only(metrics_view), name="metrics"),
     path("", index, name="index"),
 ]
+
+# The admin's CSS and JS under daphne and uvicorn too, which unlike runserver serve no
+# static files: DEBUG only (an empty list otherwise), as for runserver.
+urlpatterns += staticfiles_urlpatterns()

@@ -1,39 +1,59 @@
-"""The demo's landing page; the WebSocket shares "/" but is routed by asgi.py, not here."""
+"""The demo's live page at "/"; the WebSocket shares "/" but is routed by asgi.py, not here."""
 
 from collections.abc import Callable
 from functools import wraps
-from html import escape
+from pathlib import Path
 
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import render
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 
-_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>broker_ws demo</title></head>
-<body>
-<h1>broker_ws demo</h1>
-<ul>
-  <li>WebSocket stream: <code>{ws_url}</code></li>
-  <li>Admin (edit balances, trades and alerts to see pushes): <a href="{admin}">{admin}</a></li>
-  <li>JWT token endpoint (POST username/password): <code>{token}</code>,
-      refresh: <code>{refresh}</code></li>
-</ul>
-<p>Run <code>python manage.py demo_data</code> to create demo users and accounts.</p>
-</body>
-</html>
-"""
+from broker_ws.feed import DEFAULT_SYMBOLS
+
+ASSETS = Path(__file__).resolve().parent / "static" / "broker"
+
+
+def _inline(name: str) -> str:
+    """An asset's text, to inline into the page.
+
+    Inlined rather than linked, so the page works wherever the demo runs: under
+    daphne or uvicorn, with DEBUG off (no static file serving), without
+    collectstatic and without a CDN. Read on every request so edits show on
+    reload; the files are a few kilobytes.
+    """
+    text = (ASSETS / name).read_text(encoding="utf-8")
+    lowered = text.lower()
+    if "</script" in lowered or "</style" in lowered:
+        raise ValueError(f"{name} would end its inline element early")
+    return text
 
 
 def index(request: HttpRequest) -> HttpResponse:
-    scheme = "wss" if request.is_secure() else "ws"
-    return HttpResponse(
-        _PAGE.format(
-            ws_url=escape(f"{scheme}://{request.get_host()}/"),
-            admin=escape(reverse("admin:index")),
-            token=escape(reverse("token_obtain_pair")),
-            refresh=escape(reverse("token_refresh")),
-        )
-    )
+    """The live page: log in, quote board, balances, trades, alerts, notifications, frames.
+
+    The client itself is ``static/broker/live.js``, the reference browser client of
+    protocol v1; this view only inlines it and tells it where the REST endpoints are.
+    """
+    links = {
+        "admin_url": reverse("admin:index"),
+        "token_url": reverse("token_obtain_pair"),
+        "refresh_url": reverse("token_refresh"),
+        "snapshot_url": reverse("account_snapshot"),
+    }
+    config = {
+        "symbols": list(DEFAULT_SYMBOLS),
+        "tokenUrl": links["token_url"],
+        "refreshUrl": links["refresh_url"],
+        "snapshotUrl": links["snapshot_url"],
+    }
+    context = {
+        **links,
+        "config": config,
+        "style": mark_safe(_inline("live.css")),  # our own files, checked by _inline
+        "script": mark_safe(_inline("live.js")),
+    }
+    return render(request, "broker/index.html", context)
 
 
 LOOPBACK = {"127.0.0.1", "::1"}
