@@ -250,10 +250,11 @@ class Hub:
         snapshot and then every later quote, never an older one after a newer.
         """
         channels = [groups.quote_group(symbol) for symbol in symbols]
-        missing = [i for i, channel in enumerate(channels) if channel not in self.quotes]
-        if missing:
+        if any(channel not in self.quotes for channel in channels):
             async with self._lock:
-                new = [i for i in missing if channels[i] not in self.quotes]
+                # Decided under the lock: a release that held it may have just
+                # dropped a channel that was there before.
+                new = [i for i, channel in enumerate(channels) if channel not in self.quotes]
                 for i in new:
                     self.quotes[channels[i]] = set()
                 try:

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import RedisError
 
 from broker_ws.backends.base import Backend, MessageHandler, Subscriber
 
@@ -137,6 +138,8 @@ class RedisSubscriber(Subscriber):
         self._pubsub_client = aredis.Redis(connection_pool=pubsub_pool)
         self.pubsub = self._pubsub_client.pubsub()
         self._pending: dict[str, asyncio.Future[None]] = {}
+        # Every channel this process needs, whether Redis has confirmed it or not.
+        self.wanted: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -177,8 +180,12 @@ class RedisSubscriber(Subscriber):
 
     async def _reconnect(self) -> None:
         try:
-            # redis-py re-subscribes every channel in its on_connect callback.
+            # redis-py re-subscribes the channels it had in its on_connect callback.
             await self.pubsub.connect()
+            # Channels wanted while Redis was down never reached redis-py.
+            missed = self.wanted - set(self.pubsub.channels)
+            if missed:
+                await self.pubsub.subscribe(*missed)
         except Exception as exc:
             logger.warning("broker_ws: Redis still unreachable (%s)", exc)
             return
@@ -187,30 +194,51 @@ class RedisSubscriber(Subscriber):
             self.on_reconnect()
 
     async def subscribe(self, channels: Iterable[str]) -> None:
+        """Subscribe and wait for Redis to confirm, so that what is read next
+        (last quotes, the current seq) cannot miss a message published later.
+
+        With Redis unreachable this does not fail: the channels are kept as
+        wanted and subscribed on reconnect. Sessions keep working meanwhile;
+        account frames still reach them from the outbox, quotes when Redis is back.
+        """
+        names = [channel for channel in channels if channel not in self.wanted]
+        self.wanted.update(names)
+        if not names:
+            return
         loop = asyncio.get_running_loop()
-        futures = []
-        names = []
-        for channel in channels:
-            future = self._pending.get(channel)
-            if future is None:
-                future = loop.create_future()
-                self._pending[channel] = future
-                names.append(channel)
-            futures.append(future)
-        if names:
+        futures = [self._pending.setdefault(name, loop.create_future()) for name in names]
+        try:
             await self.pubsub.subscribe(*names)
-        if futures:
-            await asyncio.wait_for(asyncio.gather(*futures), COMMAND_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures)), COMMAND_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "broker_ws: Redis unreachable (%s); %d channel(s) will be subscribed on reconnect",
+                exc,
+                len(names),
+            )
+        finally:
+            for name in names:
+                self._pending.pop(name, None)
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
-        names = list(channels)
+        names = [channel for channel in channels if channel in self.wanted]
+        self.wanted.difference_update(names)
         if names:
-            await self.pubsub.unsubscribe(*names)
+            try:
+                await self.pubsub.unsubscribe(*names)
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Dropped with the connection anyway; not re-subscribed (not wanted).
+                logger.warning("broker_ws: Redis unsubscribe failed (%s)", exc)
 
     async def last_quotes(self, symbols: Sequence[str]) -> dict[str, str]:
         if not symbols:
             return {}
-        values = await self.client.hmget(self.backend.last_key(), list(symbols))
+        try:
+            values = await self.client.hmget(self.backend.last_key(), list(symbols))
+        except (RedisError, OSError, TimeoutError) as exc:
+            # No snapshot while Redis is down; live quotes follow when it is back.
+            logger.warning("broker_ws: last quotes unavailable (%s)", exc)
+            return {}
         return {
             s: v.decode() if isinstance(v, bytes) else v
             for s, v in zip(symbols, values, strict=True)
