@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.apps import apps
-from django.db import close_old_connections, models, transaction
+from django.db import close_old_connections, connections, models, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 
@@ -165,7 +165,7 @@ class AlertEngine:
                 logger.warning("broker_ws: reloading price alerts failed (%s)", exc)
             finally:
                 self._loading = False
-                close_old_connections()
+                connections.close_all()  # this thread ends: its connection must not linger
 
         threading.Thread(target=reload, name="broker_ws-alerts-load", daemon=True).start()
 

@@ -27,6 +27,7 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
@@ -108,6 +109,13 @@ def _field_value(instance: models.Model, accessor: Accessor) -> Any:
             field = instance._meta.get_field(accessor)
         except FieldDoesNotExist:
             return value
+        if isinstance(field, models.DecimalField):
+            # Digits as the database keeps them: 100 (an int) and 100.00 (read
+            # back) must go out alike.
+            number = field.to_python(value)
+            if number is not None and number.is_finite() and field.decimal_places is not None:
+                return number.quantize(Decimal(1).scaleb(-field.decimal_places))
+            return number
         if isinstance(field, models.Field) and not field.is_relation:
             return field.to_python(value)
     return value

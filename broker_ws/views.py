@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.views import APIView
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+from rest_framework_simplejwt.serializers import TokenRefreshSerializer
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.views import TokenRefreshView as BaseTokenRefreshView
 
 from broker_ws.auth import get_login_resolver
+from broker_ws.revocation import revoked_since
 from broker_ws.snapshot import account_snapshot, encode_snapshot
 
 
@@ -44,3 +51,40 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     operational endpoints (the demo allows loopback and staff users).
     """
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+class RevocationAwareTokenRefreshSerializer(TokenRefreshSerializer):
+    """simplejwt's refresh, refusing refresh tokens issued before a revocation.
+
+    simplejwt gives the new access token a fresh ``iat``, so without this a
+    revoked user holding a refresh token could mint access tokens the stream
+    would accept.
+    """
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        try:
+            refresh = self.token_class(attrs["refresh"])
+        except TokenError as exc:
+            raise InvalidToken(exc.args[0]) from exc
+        issued = refresh.payload.get("iat")
+        claimed = refresh.payload.get(jwt_settings.USER_ID_CLAIM)
+        if issued is not None and claimed is not None:
+            user = (
+                get_user_model()
+                ._default_manager.filter(**{jwt_settings.USER_ID_FIELD: claimed})
+                .first()
+            )
+            if user is not None and revoked_since(
+                str(user.pk), dt.datetime.fromtimestamp(int(issued), tz=dt.UTC)
+            ):
+                raise InvalidToken("token was revoked")
+        return super().validate(attrs)
+
+
+class TokenRefreshView(BaseTokenRefreshView):
+    """``POST {"refresh": ...}``: simplejwt's refresh endpoint, aware of revocations.
+
+    Mount it in place of simplejwt's ``TokenRefreshView``.
+    """
+
+    serializer_class = RevocationAwareTokenRefreshSerializer

@@ -3,9 +3,9 @@
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.views import TokenObtainPairView
 
-from broker_ws.views import AccountSnapshotView, metrics_view
+from broker_ws.views import AccountSnapshotView, TokenRefreshView, metrics_view
 from project.broker.views import index, operators_only
 
 urlpatterns = [

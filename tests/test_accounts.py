@@ -300,6 +300,25 @@ async def test_save_with_expressions_and_strings_sends_the_saved_numbers(
     assert frame[4:6] == [101, 55.25]
 
 
+async def test_decimal_fields_keep_their_decimal_places_on_the_wire(
+    backend: str, make_user: Any, client_factory: Any
+) -> None:
+    """An int assigned to a decimal field goes out with the field's decimal places,
+    as the database keeps it (250.00, not 250)."""
+    alice = await make_user("alice", ["1001"])
+    client, _ = await session(client_factory, alice.token)
+
+    @database_sync_to_async
+    def save() -> None:
+        with transaction.atomic():
+            balance = Balance.objects.get(account__login="1001")
+            balance.balance = 250  # type: ignore[assignment]
+            balance.save()
+
+    await save()
+    assert ',"USD",250.00,' in await client.recv_text()
+
+
 async def test_resume_from_a_process_that_is_behind_skips_what_the_client_has(
     backend: str, make_user: Any, client_factory: Any
 ) -> None:

@@ -149,3 +149,20 @@ async def test_old_revocation_does_not_close_a_session_of_a_later_token(
         groups.revocations_group(), revocation_payload(str(alice.user_id), timezone.now())
     )
     assert await client.recv_close() == 4004
+
+
+async def test_refresh_token_issued_before_a_revocation_is_refused(make_user: Any) -> None:
+    """POST /api/token/refresh/ with a refresh token older than the revocation: 401;
+    simplejwt alone would mint an access token the stream accepts."""
+    from django.test import Client as HttpClient
+
+    alice = await make_user("alice", ["1001"])
+    await arevoke_user(alice.user_id)
+
+    def refresh() -> int:
+        response = HttpClient().post(
+            "/api/token/refresh/", {"refresh": alice.refresh}, content_type="application/json"
+        )
+        return response.status_code
+
+    assert await database_sync_to_async(refresh)() == 401

@@ -9,7 +9,7 @@
   Redis outage loses, the servers read back from the outbox.
 
 Connection settings are explicit because redis-py's defaults bite here
-(see docs/deployment in the README): commands get a 5 s ``socket_timeout``
+(see docs/deployment.md): commands get a 5 s ``socket_timeout``
 so a dead Redis cannot hang a save; the pub/sub connection gets none,
 because it blocks on reads by design, and relies on a periodic PING
 (``health_check_interval``) to notice a dead peer. Pools block instead of
