@@ -1,0 +1,239 @@
+"""A small protocol v1 client for a broker_ws stream (docs/protocol.md, "Writing a client").
+
+It logs in over REST, keeps the account rows of its logins from a REST snapshot plus the
+numbered account frames, prints the quotes of the symbols given, and survives dropped
+connections (reconnect with back-off and resume), token expiry (in-band refresh) and dead
+sockets (ping). Needs only `websockets`; REST goes through urllib.
+
+    .venv/bin/python examples/client.py --url http://127.0.0.1:8000 \
+        --user alice --password alice-demo-pass EURUSD "US 500"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from decimal import Decimal
+from typing import Any
+
+import websockets
+
+NO_RECONNECT = {4001: "token refused", 4004: "access revoked", 4007: "too many sessions"}
+PING_EVERY, PONG_WITHIN = 20.0, 10.0
+
+
+def log(*parts: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+class LoginRefused(Exception):
+    """The user name or password was refused."""
+
+
+class Api:
+    """The host's REST endpoints: simplejwt tokens and the account snapshot."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base, self.username, self.password = base.rstrip("/"), username, password
+        self.access = self.refresh = ""
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if body is None:  # GET with the access token
+            headers["Authorization"] = f"Bearer {self.access}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read(), parse_float=Decimal)  # exact decimals
+
+    def login(self) -> None:
+        try:
+            body = {"username": self.username, "password": self.password}
+            tokens = self._call("/api/token/", body)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (400, 401):
+                raise LoginRefused(exc.code) from exc
+            raise
+        self.access, self.refresh = tokens["access"], tokens["refresh"]
+
+    def refresh_access(self) -> None:
+        try:
+            tokens = self._call("/api/token/refresh/", {"refresh": self.refresh})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise
+            return self.login()  # the refresh token has expired too
+        self.access = tokens["access"]
+        self.refresh = tokens.get("refresh", self.refresh)  # servers that rotate send a new one
+
+    def access_expires(self) -> float:
+        payload = self.access.split(".")[1]  # the JWT's claims, read without verifying
+        return float(
+            json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
+        )
+
+    def snapshot(self, login: str) -> Any:
+        return self._call(f"/api/snapshot/?login={login}")
+
+
+class Client:
+    def __init__(self, api: Api, symbols: list[str], refresh_after: float | None) -> None:
+        self.api, self.symbols, self.refresh_after = api, symbols, refresh_after
+        self.seq: dict[str, int] = {}  # last account frame applied, per login
+        self.rows: dict[str, dict[tuple[str, Any], list[Any]]] = {}  # (marker, frame[3]) -> frame
+        self.backoff = 0.5
+        self.authorized, self.pong = False, asyncio.Event()  # per connection
+
+    async def run(self) -> int:
+        while True:
+            code = None
+            try:
+                if not self.api.access:
+                    await asyncio.to_thread(self.api.login)
+                code = await self.session()
+            except LoginRefused as exc:
+                log("login refused: HTTP", exc)
+                return 1
+            except websockets.InvalidStatus as exc:  # the handshake got an HTTP answer
+                log("handshake refused: HTTP", exc.response.status_code)
+                if exc.response.status_code == 403:  # wrong path or Origin: retrying won't help
+                    return 1
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+                log("connection failed:", exc)  # HTTPError too: a 502 from a proxy
+            if code in NO_RECONNECT:
+                log(f"closed with {code} ({NO_RECONNECT[code]}): not reconnecting")
+                return 1
+            delay = random.uniform(self.backoff / 2, self.backoff)
+            self.backoff = min(self.backoff * 2, 30.0)
+            log(f"closed with {code}" if code else "no connection", f"- retry in {delay:.1f} s")
+            await asyncio.sleep(delay)
+
+    async def session(self) -> int | None:
+        if self.api.access_expires() - time.time() < 60:  # e.g. after close 4003
+            await asyncio.to_thread(self.api.refresh_access)
+        url = self.api.base.replace("http", "ws", 1) + "/"
+        async with websockets.connect(url, open_timeout=10, close_timeout=2) as ws:
+            hello: dict[str, Any] = {"authorization": self.api.access}
+            if self.seq:
+                hello["resume"] = self.seq
+                log("resuming from", self.seq)
+            await ws.send(json.dumps(hello))
+            self.authorized, self.pong = False, asyncio.Event()
+            tasks = [asyncio.create_task(self.keepalive(ws))]
+            try:
+                async for text in ws:
+                    await self.handle(ws, str(text), tasks)
+            except websockets.ConnectionClosed:
+                pass
+            finally:
+                for task in tasks:
+                    task.cancel()
+            return ws.close_code
+
+    async def handle(self, ws: Any, text: str, tasks: list[asyncio.Task[None]]) -> None:
+        if text == "pong":
+            self.pong.set()
+            return
+        message = json.loads(text, parse_float=Decimal)
+        if isinstance(message, list):
+            return await self.on_frame(message, text)
+        event, data = message["event"], message["data"]
+        if event == "authorized":
+            await self.on_authorized(ws, data, tasks)
+        elif event == "resync":  # the server's history does not reach back far enough
+            log("resync", data)
+            for login in data:
+                await self.reconcile(login)
+        elif event == "error":
+            log("error", data["code"], data.get("symbols", data["message"]))
+        else:  # subscribed, unsubscribed
+            log(event, data)
+
+    async def on_authorized(self, ws: Any, data: Any, tasks: list[asyncio.Task[None]]) -> None:
+        expires_in = data["expires"] / 1000 - time.time()
+        if self.authorized:
+            log(f"token refreshed in-band; expires in {expires_in:.0f} s")
+        else:
+            self.authorized, self.backoff = True, 0.5
+            log(f"authorized as {data['user']}: logins {data['logins']}, seq {data['seq']}")
+            for login in data["logins"]:
+                if login not in self.seq:  # a fresh start, or a login linked since
+                    await self.reconcile(login)
+            if self.symbols:
+                await ws.send(json.dumps({"event": "subscribe", "data": self.symbols}))
+        # Refresh one minute before expiry (or at 80 % of a short lifetime), same user, no resume.
+        delay = self.refresh_after or max(expires_in - min(60.0, expires_in * 0.2), 0.0)
+        tasks.append(asyncio.create_task(self.refresh_later(ws, delay)))
+
+    async def reconcile(self, login: str) -> None:
+        body = await asyncio.to_thread(self.api.snapshot, login)
+        self.seq[login] = body["seq"][login]  # frames up to this seq are in the snapshot
+        self.rows[login] = {(frame[0], frame[3]): frame for frame in body["frames"]}
+        log(f"snapshot of {login}: seq {self.seq[login]}, {len(body['frames'])} rows")
+
+    async def on_frame(self, frame: list[Any], text: str) -> None:
+        if frame[0] == "t":
+            return log(f"quote {frame[1]} {frame[2]}/{frame[3]}")
+        login, seq = frame[1], frame[2]
+        if login is None:  # a broadcast notification: no seq
+            return log("notice to all:", frame[4])
+        last = self.seq.get(login)
+        if last is None or seq <= last:
+            return  # already applied, or included in a snapshot
+        if seq > last + 1:
+            log(f"gap on {login}: last {last}, got {seq}")
+            await self.reconcile(login)
+            if seq != self.seq[login] + 1:
+                return
+        self.seq[login] = seq
+        if frame[0] != "n":  # b, o, a: full current values of one row
+            self.rows.setdefault(login, {})[(frame[0], frame[3])] = frame
+        log(text)
+
+    async def keepalive(self, ws: Any) -> None:
+        while True:
+            await asyncio.sleep(PING_EVERY)
+            self.pong.clear()
+            await ws.send("ping")
+            try:
+                await asyncio.wait_for(self.pong.wait(), PONG_WITHIN)
+            except TimeoutError:
+                log("no pong: closing to reconnect")
+                await ws.close()
+                return
+
+    async def refresh_later(self, ws: Any, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await asyncio.to_thread(self.api.refresh_access)
+            await ws.send(json.dumps({"authorization": self.api.access}))
+        except (OSError, websockets.ConnectionClosed) as exc:
+            log("token refresh failed:", exc)  # the session lasts until close 4003
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="A protocol v1 client for broker_ws.")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the host's base URL")
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", default=os.environ.get("BROKER_PASSWORD"))
+    parser.add_argument("--refresh-after", type=float, help="refresh the token after S seconds")
+    parser.add_argument("symbols", nargs="*", help="symbols to subscribe to, exactly as named")
+    args = parser.parse_args()
+    if args.password is None:
+        parser.error("--password or BROKER_PASSWORD is required")
+    client = Client(Api(args.url, args.user, args.password), args.symbols, args.refresh_after)
+    try:
+        return asyncio.run(client.run())
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
