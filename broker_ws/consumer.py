@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from channels.consumer import AsyncConsumer
@@ -128,9 +129,9 @@ class StreamConsumer(AsyncConsumer):
         """Send one frame after every frame queued before it."""
         await self.out.push(text)
 
-    async def push_quote(self, key: str, text: str) -> None:
-        """Send a quote frame; conflated per ``key`` while the client is slow."""
-        await self.out.push_quote(key, text)
+    def offer_quote(self, key: str, text: str, data: bytes) -> Awaitable[None] | None:
+        """Send a quote frame (see :meth:`Outgoing.offer_quote`)."""
+        return self.out.offer_quote(key, text, data)
 
     async def push_account(self, login: str, seq: int, text: str) -> None:
         """Send an account frame unless the client said on resume that it has it."""

@@ -44,8 +44,9 @@ class Session(Protocol):
     async def push(self, text: str) -> None:
         """Send one frame to the client, in order."""
 
-    async def push_quote(self, key: str, text: str) -> None:
-        """Send a quote frame (conflated per ``key`` if the client is slow)."""
+    def offer_quote(self, key: str, text: str, data: bytes) -> Awaitable[None] | None:
+        """Send a quote frame (conflated per ``key`` if the client is slow): done at
+        once (None), or an awaitable to await."""
 
     async def push_account(self, login: str, seq: int, text: str) -> None:
         """Send an account frame of ``login`` numbered ``seq``."""
@@ -138,9 +139,12 @@ class Hub:
         if sessions is not None:
             self.last_quote[channel] = payload
             metrics.QUOTE_FRAMES.inc(len(sessions))
-            for session in tuple(sessions):  # the hot path: no wrapper per session
+            data = payload.encode()  # once for every session
+            for session in tuple(sessions):  # the hot path: no coroutine per session
                 try:
-                    await session.push_quote(channel, payload)
+                    pending = session.offer_quote(channel, payload, data)
+                    if pending is not None:
+                        await pending
                 except Exception:
                     logger.exception("broker_ws: sending to a session failed")
             return

@@ -113,6 +113,10 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": _sqlite_path or BASE_DIR / "demo.sqlite3",
+            # Keep the connection: database_sync_to_async closes it after every
+            # call otherwise, and reopening (with its PRAGMA) costs more than the
+            # queries of an authorization.
+            "CONN_MAX_AGE": 300,
             "OPTIONS": {
                 # Wait for the lock instead of failing with "database is locked" when a
                 # second process (a shell, demo_data) saves while the server does.
