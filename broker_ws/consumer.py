@@ -27,6 +27,7 @@ from channels.consumer import AsyncConsumer
 from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
+from broker_ws.daphne_writer import EncodedFrame
 from broker_ws.exceptions import AuthenticationError, ProtocolError
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
@@ -129,9 +130,9 @@ class StreamConsumer(AsyncConsumer):
         """Send one frame after every frame queued before it."""
         await self.out.push(text)
 
-    def offer_quote(self, key: str, text: str, data: bytes) -> Awaitable[None] | None:
+    def offer_quote(self, key: str, frame: EncodedFrame) -> Awaitable[None] | None:
         """Send a quote frame (see :meth:`Outgoing.offer_quote`)."""
-        return self.out.offer_quote(key, text, data)
+        return self.out.offer_quote(key, frame)
 
     async def push_account(self, login: str, seq: int, text: str) -> None:
         """Send an account frame unless the client said on resume that it has it."""

@@ -33,6 +33,7 @@ from broker_ws import broadcasts, groups, metrics, outbox, tails
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
 from broker_ws.conf import conf
+from broker_ws.daphne_writer import EncodedFrame
 from broker_ws.revocation import parse_revocation, revocation_payload
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Session(Protocol):
     async def push(self, text: str) -> None:
         """Send one frame to the client, in order."""
 
-    def offer_quote(self, key: str, text: str, data: bytes) -> Awaitable[None] | None:
+    def offer_quote(self, key: str, frame: EncodedFrame) -> Awaitable[None] | None:
         """Send a quote frame (conflated per ``key`` if the client is slow): done at
         once (None), or an awaitable to await."""
 
@@ -139,10 +140,10 @@ class Hub:
         if sessions is not None:
             self.last_quote[channel] = payload
             metrics.QUOTE_FRAMES.inc(len(sessions))
-            data = payload.encode()  # once for every session
+            encoded = EncodedFrame(payload)  # once for every session
             for session in tuple(sessions):  # the hot path: no coroutine per session
                 try:
-                    pending = session.offer_quote(channel, payload, data)
+                    pending = session.offer_quote(channel, encoded)
                     if pending is not None:
                         await pending
                 except Exception:

@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any
 
 from broker_ws.conf import conf
+from broker_ws.daphne_writer import EncodedFrame, daphne_writer
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +69,6 @@ def write_buffer_probe(send: Any) -> tuple[Callable[[], int], int] | None:
     return None
 
 
-def direct_sender(send: Any) -> Callable[[bytes, bool], None] | None:
-    """daphne's WebSocket protocol's own ``sendMessage(payload, isBinary)``, if ``send``
-    is daphne's.
-
-    daphne's ``send`` is a coroutine that looks the connection up, checks the
-    message, dispatches on its type and encodes the text, for every frame of
-    every session; all it then does is call this. Calling it directly, with
-    the frame encoded once for all sessions, is what lets a quote cost little
-    more per session than the socket write itself (see bench/README.md).
-    """
-    args = getattr(send, "args", None)
-    protocol = args[0] if args else None
-    sender = getattr(protocol, "sendMessage", None)
-    if callable(sender) and hasattr(protocol, "serverSend"):  # daphne's WebSocketProtocol
-        return sender
-    return None
-
-
 def _twisted_buffer_size(transport: Any) -> int:
     """Bytes a Twisted ``FileDescriptor`` still has to write."""
     return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
@@ -97,7 +80,7 @@ class Outgoing:
     def __init__(self, send: Send, on_too_slow: Callable[[], Awaitable[None]]) -> None:
         self._send = send
         self._on_too_slow = on_too_slow
-        self._direct = direct_sender(send)
+        self._direct = daphne_writer(send)
         probe = write_buffer_probe(send)
         self._queued: Callable[[], int] | None = probe[0] if probe else None
         self._limit = probe[1] if probe else 0
@@ -120,9 +103,9 @@ class Outgoing:
             return
         await self._write_now(text)
 
-    def offer_quote(self, key: str, text: str, data: bytes) -> Awaitable[None] | None:
-        """Send a quote (``text``, and ``data``: the same frame UTF-8 encoded, once
-        for every session); while the client is slow only the latest per ``key`` is kept.
+    def offer_quote(self, key: str, frame: EncodedFrame) -> Awaitable[None] | None:
+        """Send a quote (encoded once for every session); while the client is slow
+        only the latest per ``key`` is kept.
 
         The fan-out's hot path: synchronous when the frame can be written at
         once (daphne, nothing queued), else an awaitable the caller awaits.
@@ -131,17 +114,17 @@ class Outgoing:
             return None
         if self.slow:
             self._quotes.pop(key, None)  # re-insert: flushed in order of last update
-            self._quotes[key] = text
+            self._quotes[key] = frame.text
             return None
         direct = self._direct
         if direct is None or self._sending or self._holds or self._ordered:
-            return self.push(text)
+            return self.push(frame.text)
         if self._backed_up():
             self._become_slow()
-            self._quotes[key] = text
+            self._quotes[key] = frame.text
             return None
         try:
-            direct(data, False)
+            direct(frame)
         except Exception as exc:
             self._gone(exc)
         return None
@@ -191,7 +174,7 @@ class Outgoing:
     async def _write(self, text: str) -> None:
         try:
             if self._direct is not None:
-                self._direct(text.encode(), False)
+                self._direct(EncodedFrame(text))
             else:
                 await self._send({"type": "websocket.send", "text": text})
         except Exception as exc:

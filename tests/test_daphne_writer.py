@@ -1,0 +1,91 @@
+"""Frames written straight to daphne's socket: the same bytes, in the same order,
+as daphne itself would send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.frames import Frame, Opcode
+
+from broker_ws.daphne_writer import EncodedFrame, daphne_writer, text_frame_header
+from tests.servers import deployment, obtain_token
+
+TIMEOUT = 15.0
+
+
+def parse_server_frame(wire: bytes) -> Frame:
+    """Parse ``wire`` with the websockets library's own frame parser, as a client does."""
+    position = 0
+
+    def read_exact(n: int) -> Generator[None, None, bytes]:
+        nonlocal position
+        chunk = wire[position : position + n]
+        position += n
+        assert len(chunk) == n, "frame shorter than its header says"
+        return chunk
+        yield  # a generator, as Frame.parse expects
+
+    parser = Frame.parse(read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        assert position == len(wire), "bytes left after the frame"
+        return done.value
+    raise AssertionError("parser wanted more bytes")
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+def test_encoded_frame_is_a_final_unmasked_text_frame_of_any_length(length: int) -> None:
+    """Each of the three length encodings of RFC 6455 §5.2, at its edges."""
+    text = "é" * (length // 2) + "x" * (length % 2)
+    encoded = EncodedFrame(text)
+    frame = parse_server_frame(encoded.wire)
+    assert (frame.opcode, frame.fin, frame.rsv1) == (Opcode.TEXT, True, False)
+    assert frame.data.decode() == text
+    assert encoded.wire.endswith(encoded.data)
+    assert len(text_frame_header(len(encoded.data))) in (2, 4, 10)
+
+
+def test_only_daphne_sessions_get_a_direct_writer() -> None:
+    """uvicorn's ``send`` (a bound method) and test communicators keep the ASGI path."""
+
+    async def asgi_send(message: dict[str, object]) -> None:
+        return None
+
+    assert daphne_writer(asgi_send) is None
+    assert daphne_writer(object()) is None
+
+
+async def test_direct_quotes_and_queued_frames_of_every_size_arrive_intact_and_in_order(
+    tmp_path: Path,
+) -> None:
+    """Under daphne, with the demo feed streaming quotes through the direct path,
+    notifications of 5 B, 200 B and 70 KB (the three header forms) arrive whole, in
+    the order sent, between quote frames that all parse."""
+    texts = ["hello", "n" * 200, "big " * 17_500]
+    with deployment("embedded", tmp_path) as demo:
+        host = demo.start_server("--server", "daphne", "--rate", "50", "--symbols", "EUR/USD")
+        token = obtain_token(host, "alice", "alice-demo-pass")["access"]
+        async with websockets.connect(f"ws://{host}/", max_size=2**20) as ws:
+            await ws.send(json.dumps({"authorization": token}))
+            assert json.loads(await ws.recv())["event"] == "authorized"
+            await ws.send(json.dumps({"event": "subscribe", "data": ["EUR/USD"]}))
+            for text in texts:
+                await asyncio.to_thread(demo.manage, "ws_notify", text, "--login", "1001")
+
+            received: list[str] = []
+            quotes = 0
+            async with asyncio.timeout(TIMEOUT):
+                while len(received) < len(texts) or quotes < 20:
+                    frame = json.loads(await ws.recv())
+                    if isinstance(frame, list) and frame[0] == "n":
+                        received.append(frame[4])
+                    elif isinstance(frame, list) and frame[0] == "t":
+                        assert frame[1] == "EUR/USD" and frame[2] < frame[3]
+                        quotes += 1
+            assert received == texts
