@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -130,10 +131,20 @@ class Session:
         return self.seqs[-1] if self.seqs else self.start_seq
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_session(
-    session: Session, url: str, latencies: dict[int, list[float]], stop: asyncio.Event
+    session: Session,
+    url: str,
+    latencies: dict[int, list[float]],
+    stop: asyncio.Event,
+    origin: list[float],
 ) -> None:
-    started = time.time()
     while not stop.is_set():
         try:
             async with websockets.connect(url, max_queue=None, open_timeout=60) as ws:
@@ -144,6 +155,9 @@ async def run_session(
                 await ws.send(json.dumps(hello))
                 await ws.send(json.dumps({"event": "subscribe", "data": [session.symbol]}))
                 session.drop.clear()
+                # The quote sent with the `subscribed` reply is the symbol's last
+                # one, however old: a snapshot, not a measure of delivery.
+                snapshot_due = True
                 drop = asyncio.ensure_future(session.drop.wait())
                 while not stop.is_set():
                     recv = asyncio.ensure_future(ws.recv())
@@ -155,13 +169,17 @@ async def run_session(
                     now = time.time()
                     if raw[0] == "[":
                         frame = json.loads(raw)
-                        if frame[0] == "t":
-                            latencies[int(now - started) // 60].append(now * 1000 - frame[4])
+                        if frame[0] == "t" and snapshot_due:
+                            snapshot_due = False
+                        elif frame[0] == "t" and origin:
+                            latencies[int(now - origin[0]) // 60].append(now * 1000 - frame[4])
                         elif frame[0] == "b":
                             session.seqs.append(frame[2])
                     elif raw[0] == "{":
                         reply = json.loads(raw)
-                        if reply["event"] == "authorized" and session.start_seq is None:
+                        if reply["event"] == "subscribed":
+                            snapshot_due = True
+                        elif reply["event"] == "authorized" and session.start_seq is None:
                             session.start_seq = reply["data"]["seq"][session.login]
                         elif reply["event"] in ("resync", "error"):
                             print("unexpected reply:", raw, file=sys.stderr)
@@ -188,12 +206,13 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
         for i in range(args.sessions)
     ]
     latencies: dict[int, list[float]] = defaultdict(list)
+    origin: list[float] = []  # when publishing started: minute 0 of the latencies
     stop = asyncio.Event()
     gate = asyncio.Semaphore(200)
 
     async def start(session: Session) -> asyncio.Task[None]:
         async with gate:
-            task = asyncio.create_task(run_session(session, url, latencies, stop))
+            task = asyncio.create_task(run_session(session, url, latencies, stop, origin))
             while session.start_seq is None:
                 await asyncio.sleep(0.01)
             return task
@@ -202,7 +221,6 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
     tasks = await asyncio.gather(*(start(s) for s in sessions))
     print(f"{len(sessions)} sessions connected in {time.time() - t0:.1f} s", flush=True)
     rss_start = rss_kb(pid)
-    latencies.clear()
 
     def spawn(code: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -213,13 +231,29 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
         PUBLISHER.format(symbols=symbols, rate=args.quote_rate, duration=args.duration)
     )
     saver = spawn(SAVER.format(logins=logins, rate=args.save_rate, duration=args.duration))
-    end = time.time() + args.duration
+    origin.append(time.time())
+    end = origin[0] + args.duration
+    # Per minute: server and soak-client CPU (% of one core), to tell which of
+    # the two a latency spike came from.
+    cpu: dict[int, tuple[float, float]] = {}
+    minute_start = (time.time(), cpu_seconds(pid), sum(os.times()[:2]))
     while time.time() < end:
         await asyncio.sleep(1)
         for session in random.sample(sessions, min(args.reconnect_rate, len(sessions))):
             session.drop.set()
-    publisher.wait()
-    saver.wait()
+        now = time.time()
+        if int(now - origin[0]) // 60 != int(minute_start[0] - origin[0]) // 60 or now >= end:
+            server, client = cpu_seconds(pid), sum(os.times()[:2])
+            span = now - minute_start[0]
+            cpu[int(minute_start[0] - origin[0]) // 60] = (
+                100 * (server - minute_start[1]) / span,
+                100 * (client - minute_start[2]) / span,
+            )
+            minute_start = (now, server, client)
+    # Not publisher.wait(): blocking the loop here would stall every client
+    # while the publisher finishes its last second.
+    await asyncio.to_thread(publisher.wait)
+    await asyncio.to_thread(saver.wait)
     await asyncio.sleep(3)  # the last saves' frames reach their sessions
     rss_end = rss_kb(pid)
     stop.set()
@@ -239,17 +273,25 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
             duplicates += 1
         if got != list(range(start_seq + 1, start_seq + 1 + len(got))) or len(got) != want:
             gaps += 1
-    print(f"\nsoak: {args.duration:.0f} s, {len(sessions)} sessions on {len(logins)} logins, "
-          f"{args.quote_rate}/s quotes over {len(symbols)} symbols, {args.save_rate}/s saves, "
-          f"{args.reconnect_rate} reconnects/s ({sum(s.reconnects for s in sessions)} in all)")
-    print(f"account frames committed x sessions: {committed}   delivered: {delivered}   "
-          f"sessions with a gap: {gaps}   with a duplicate: {duplicates}")
+    print(
+        f"\nsoak: {args.duration:.0f} s, {len(sessions)} sessions on {len(logins)} logins, "
+        f"{args.quote_rate}/s quotes over {len(symbols)} symbols, {args.save_rate}/s saves, "
+        f"{args.reconnect_rate} reconnects/s ({sum(s.reconnects for s in sessions)} in all)"
+    )
+    print(
+        f"account frames committed x sessions: {committed}   delivered: {delivered}   "
+        f"sessions with a gap: {gaps}   with a duplicate: {duplicates}"
+    )
     print(f"server RSS: start {rss_start / 1024:.1f} MB, end {rss_end / 1024:.1f} MB")
-    print("minute   quotes    p50 ms    p99 ms")
+    print("minute   quotes    p50 ms    p99 ms  server CPU %  soak client CPU %")
     for minute in sorted(latencies):
         values = sorted(latencies[minute])
         p99 = values[int(len(values) * 0.99) - 1] if values else float("nan")
-        print(f"{minute:>6} {len(values):>8} {statistics.median(values):>9.1f} {p99:>9.1f}")
+        server_cpu, client_cpu = cpu.get(minute, (float("nan"), float("nan")))
+        print(
+            f"{minute:>6} {len(values):>8} {statistics.median(values):>9.1f} {p99:>9.1f}"
+            f" {server_cpu:>13.0f} {client_cpu:>18.0f}"
+        )
     if committed != delivered or gaps or duplicates:
         raise SystemExit("FAILED: account frames lost, repeated or out of order")
 
