@@ -27,7 +27,7 @@ from channels.consumer import AsyncConsumer
 from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
-from broker_ws.daphne_writer import EncodedFrame
+from broker_ws.direct_write import EncodedFrame
 from broker_ws.exceptions import AuthenticationError, ProtocolError
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed

@@ -33,7 +33,7 @@ from broker_ws import broadcasts, groups, metrics, outbox, tails
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
 from broker_ws.conf import conf
-from broker_ws.daphne_writer import EncodedFrame
+from broker_ws.direct_write import EncodedFrame
 from broker_ws.revocation import parse_revocation, revocation_payload
 
 logger = logging.getLogger(__name__)

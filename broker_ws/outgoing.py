@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from broker_ws.conf import conf
-from broker_ws.daphne_writer import EncodedFrame, daphne_writer
+from broker_ws.direct_write import EncodedFrame, direct_writer
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Outgoing:
     def __init__(self, send: Send, on_too_slow: Callable[[], Awaitable[None]]) -> None:
         self._send = send
         self._on_too_slow = on_too_slow
-        self._direct = daphne_writer(send)
+        self._direct = direct_writer(send)
         probe = write_buffer_probe(send)
         self._queued: Callable[[], int] | None = probe[0] if probe else None
         self._limit = probe[1] if probe else 0
@@ -108,7 +108,7 @@ class Outgoing:
         only the latest per ``key`` is kept.
 
         The fan-out's hot path: synchronous when the frame can be written at
-        once (daphne, nothing queued), else an awaitable the caller awaits.
+        once (daphne or uvicorn, nothing queued), else an awaitable the caller awaits.
         """
         if self.closed:
             return None
@@ -124,10 +124,12 @@ class Outgoing:
             self._quotes[key] = frame.text
             return None
         try:
-            direct(frame)
+            if direct(frame):
+                return None
         except Exception as exc:
             self._gone(exc)
-        return None
+            return None
+        return self.push(frame.text)
 
     @contextlib.asynccontextmanager
     async def answering(self) -> AsyncIterator[list[str]]:
@@ -173,9 +175,7 @@ class Outgoing:
 
     async def _write(self, text: str) -> None:
         try:
-            if self._direct is not None:
-                self._direct(EncodedFrame(text))
-            else:
+            if self._direct is None or not self._direct(EncodedFrame(text)):
                 await self._send({"type": "websocket.send", "text": text})
         except Exception as exc:
             self._gone(exc)

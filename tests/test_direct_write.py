@@ -12,7 +12,7 @@ import pytest
 import websockets
 from websockets.frames import Frame, Opcode
 
-from broker_ws.daphne_writer import EncodedFrame, daphne_writer, text_frame_header
+from broker_ws.direct_write import EncodedFrame, direct_writer, text_frame_header
 from tests.servers import deployment, obtain_token
 
 TIMEOUT = 15.0
@@ -51,25 +51,31 @@ def test_encoded_frame_is_a_final_unmasked_text_frame_of_any_length(length: int)
     assert len(text_frame_header(len(encoded.data))) in (2, 4, 10)
 
 
-def test_only_daphne_sessions_get_a_direct_writer() -> None:
-    """uvicorn's ``send`` (a bound method) and test communicators keep the ASGI path."""
+def test_other_servers_and_test_communicators_keep_the_asgi_send() -> None:
+    """Only daphne's and uvicorn's websockets-sansio protocols are written to directly."""
 
     async def asgi_send(message: dict[str, object]) -> None:
         return None
 
-    assert daphne_writer(asgi_send) is None
-    assert daphne_writer(object()) is None
+    class OtherProtocol:
+        async def send(self, message: dict[str, object]) -> None:
+            return None
+
+    assert direct_writer(asgi_send) is None
+    assert direct_writer(OtherProtocol().send) is None
+    assert direct_writer(object()) is None
 
 
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 async def test_direct_quotes_and_queued_frames_of_every_size_arrive_intact_and_in_order(
-    tmp_path: Path,
+    tmp_path: Path, server: str
 ) -> None:
-    """Under daphne, with the demo feed streaming quotes through the direct path,
+    """Under daphne and uvicorn, with the demo feed streaming quotes through the direct path,
     notifications of 5 B, 200 B and 70 KB (the three header forms) arrive whole, in
     the order sent, between quote frames that all parse."""
     texts = ["hello", "n" * 200, "big " * 17_500]
     with deployment("embedded", tmp_path) as demo:
-        host = demo.start_server("--server", "daphne", "--rate", "50", "--symbols", "EUR/USD")
+        host = demo.start_server("--server", server, "--rate", "50", "--symbols", "EUR/USD")
         token = obtain_token(host, "alice", "alice-demo-pass")["access"]
         async with websockets.connect(f"ws://{host}/", max_size=2**20) as ws:
             await ws.send(json.dumps({"authorization": token}))

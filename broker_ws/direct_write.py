@@ -1,0 +1,206 @@
+"""Writing a frame encoded once straight to the server's socket.
+
+A quote to 1000 sessions used to cost, per session, the ASGI server's
+``send`` coroutine and its framing of the text. Under daphne that was
+autobahn's ``sendMessage`` → ``sendFrame`` (formatting debug-log arguments it
+then drops) and Twisted's deferred write: ``transport.write`` only buffers and
+registers the socket with the event loop, and the next iteration sends and
+unregisters it (two ``epoll_ctl`` and a reactor dispatch per frame). Profiled
+in bench/README.md, that was ~95 % of the server's CPU per delivered frame,
+against ~5 % in broker_ws itself. Under uvicorn it was three coroutines, the
+text encoded again and the frame serialized again, per session.
+
+:class:`EncodedFrame` carries a frame's WebSocket wire bytes, built once for
+every session that gets it, and :func:`direct_writer` returns, for a daphne
+or uvicorn (websockets-sansio) session, a function that hands them to the
+socket's transport: under daphne at once when nothing else waits for that
+socket (as asyncio's own transports do), and otherwise queued behind what
+waits through Twisted's ordinary ``write``.
+
+Everything this relies on is checked per frame (the server's protocol, an
+open connection, no compression, nothing half-sent or still to be written):
+whenever a condition does not hold, the frame goes the way the server itself
+would send it, so the bytes on the wire and their order are the same either
+way.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+#: First byte of an unfragmented, uncompressed text frame: FIN + opcode 1.
+_TEXT_FIN = 0x81
+
+
+class EncodedFrame:
+    """One text frame, encoded for the wire once for all the sessions that get it."""
+
+    __slots__ = ("_wire", "data", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.data = text.encode()
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """The frame as a server sends it (RFC 6455 §5.2: servers do not mask)."""
+        if self._wire is None:
+            self._wire = text_frame_header(len(self.data)) + self.data
+        return self._wire
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final text frame carrying ``length`` bytes."""
+    if length < 126:
+        return bytes((_TEXT_FIN, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", _TEXT_FIN, 126, length)
+    return struct.pack("!BBQ", _TEXT_FIN, 127, length)
+
+
+#: Writes a frame and returns True, or returns False: then send it through
+#: the ASGI ``send`` instead (the server's own path, for this frame only).
+Writer = Callable[[EncodedFrame], bool]
+
+
+def direct_writer(send: Any) -> Writer | None:
+    """How to write frames to this session's socket directly, if its server is
+    daphne or uvicorn with its websockets-sansio protocol; None for any other
+    (test communicators, other servers): the ASGI ``send`` is used."""
+    return _daphne_writer(send) or _uvicorn_writer(send)
+
+
+def _daphne_writer(send: Any) -> Writer | None:
+    """daphne passes ``partial(server.handle_reply, protocol)`` as the ASGI
+    ``send``; its protocol is autobahn's ``WebSocketServerProtocol``."""
+    args = getattr(send, "args", None)
+    protocol = args[0] if args else None
+    if not (callable(getattr(protocol, "sendMessage", None)) and hasattr(protocol, "serverSend")):
+        return None
+    factory = getattr(protocol, "factory", None)
+    framed_ok = (
+        getattr(factory, "isServer", False)
+        and not getattr(protocol, "maskServerFrames", True)
+        and hasattr(protocol, "send_queue")
+        and hasattr(protocol, "send_state")
+    )
+    return _DaphneWriter(protocol, framed_ok)
+
+
+class _DaphneWriter:
+    """The write function of one daphne session (see the module docstring)."""
+
+    __slots__ = ("_framed_ok", "_protocol")
+
+    def __init__(self, protocol: Any, framed_ok: bool) -> None:
+        self._protocol = protocol
+        self._framed_ok = framed_ok
+
+    def __call__(self, frame: EncodedFrame) -> bool:
+        protocol = self._protocol
+        if not self._framed_ok or not self._plain_open(protocol, len(frame.data)):
+            protocol.sendMessage(frame.data, False)  # raises if the socket is closed
+            return True
+        transport = protocol.transport
+        if _idle_tcp(transport):
+            wire = frame.wire
+            try:
+                sent = transport.socket.send(wire)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the write below finds the connection lost, as Twisted does
+            if sent < len(wire):
+                transport.write(wire[sent:])
+            return True
+        transport.write(frame.wire)
+        return True
+
+    @staticmethod
+    def _plain_open(protocol: Any, length: int) -> bool:
+        """Open, uncompressed, nothing queued or half-sent, within the size limits."""
+        limit = protocol.maxMessagePayloadSize
+        fragment = protocol.autoFragmentSize
+        return (
+            protocol.state == protocol.STATE_OPEN
+            and protocol._perMessageCompress is None
+            and not protocol.send_queue
+            and protocol.send_state == protocol.SEND_STATE_GROUND
+            and not (0 < limit < length)
+            and not (0 < fragment < length)
+        )
+
+
+def _idle_tcp(transport: Any) -> bool:
+    """A plain Twisted TCP transport, connected, with nothing waiting to be written.
+
+    Then a ``send()`` now keeps the order of the bytes. A TLS transport has no
+    ``socket`` of its own (its bytes must be encrypted): it is never idle here.
+    """
+    try:
+        return bool(
+            transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataLen
+            and len(transport.dataBuffer) == transport.offset
+            and transport.socket is not None
+        )
+    except AttributeError:
+        return False
+
+
+def _uvicorn_writer(send: Any) -> Writer | None:
+    """uvicorn passes its protocol's bound ``send`` method; only its
+    websockets-sansio protocol (uvicorn's default with ``websockets`` 14 and
+    later) is written to directly."""
+    protocol = getattr(send, "__self__", None)
+    if protocol is None or type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    conn = getattr(protocol, "conn", None)
+    try:
+        from websockets.protocol import OPEN, SERVER
+    except ImportError:  # pragma: no cover - uvicorn's protocol needs websockets
+        return None
+    if conn is None or getattr(conn, "side", None) is not SERVER:
+        return None
+    return _UvicornWriter(protocol, OPEN)
+
+
+class _UvicornWriter:
+    """The write function of one uvicorn websockets-sansio session.
+
+    Writes exactly what ``conn.send_text`` then ``transport.write`` would, when
+    uvicorn's own ``send`` would write at once: the connection open, not
+    paused for writing, no extension (permessage-deflate) negotiated, no
+    fragmented message in progress and nothing of the protocol's own (a pong,
+    a close) waiting to be flushed.
+    """
+
+    __slots__ = ("_open", "_protocol")
+
+    def __init__(self, protocol: Any, open_state: Any) -> None:
+        self._protocol = protocol
+        self._open = open_state
+
+    def __call__(self, frame: EncodedFrame) -> bool:
+        protocol = self._protocol
+        conn = protocol.conn
+        if (
+            protocol.handshake_complete
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and protocol.initial_response is None
+            and protocol.writable.is_set()
+            and conn.state is self._open
+            and not conn.extensions
+            and not conn.expect_continuation_frame
+            and not conn.writes
+            and not protocol.transport.is_closing()
+        ):
+            protocol.transport.write(frame.wire)
+            return True
+        return False
