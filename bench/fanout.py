@@ -405,6 +405,41 @@ async def _warm(port: int, sessions: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def start_loadgens(
+    sc: Scenario,
+    auths: Any,
+    nprocs: int,
+    concurrency: int,
+    run_dir: Path,
+    target: dict[str, Any],
+) -> tuple[list[subprocess.Popen[Any]], list[LineReader]]:
+    """Start ``nprocs`` load generator processes sharing the scenario's sessions
+    (round-robin) and connecting to ``target`` (``port`` or ``ports``, and options)."""
+    start_at = time.time() + 1.0
+    loadgens: list[subprocess.Popen[Any]] = []
+    readers: list[LineReader] = []
+    for k in range(nprocs):
+        part = sc.sessions[k::nprocs]
+        cfg = {
+            "host": "127.0.0.1",
+            **target,
+            "sessions": [{"auth": auths[u], "symbols": syms} for u, syms in part],
+            "concurrency": max(1, concurrency // nprocs),
+            "lat_path": str(run_dir / f"lat{k}.bin"),
+            "start_at": start_at,
+            "connect_timeout": 90,
+        }
+        cfg_path = run_dir / f"loadgen{k}.json"
+        cfg_path.write_text(json.dumps(cfg))
+        p = spawn(
+            [PY, str(BENCH / "loadgen.py"), str(cfg_path)], run_dir / f"loadgen{k}.err",
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        loadgens.append(p)
+        readers.append(LineReader(p))
+    return loadgens, readers
+
+
 def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1) -> dict[str, Any]:
     args = env.args
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -472,29 +507,10 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
             )  # fmt: skip
             procs.append(spy_connect)
             time.sleep(0.5)
-        start_at = time.time() + 1.0
-        readers = []
-        loadgens: list[subprocess.Popen[Any]] = []
-        for k in range(nproc):
-            part = sc.sessions[k::nproc]
-            cfg = {
-                "host": "127.0.0.1",
-                "port": port,
-                "sessions": [{"auth": auths[u], "symbols": syms} for u, syms in part],
-                "concurrency": max(1, args.concurrency // nproc),
-                "lat_path": str(run_dir / f"lat{k}.bin"),
-                "start_at": start_at,
-                "connect_timeout": 90,
-            }
-            cfg_path = run_dir / f"loadgen{k}.json"
-            cfg_path.write_text(json.dumps(cfg))
-            p = spawn(
-                [PY, str(BENCH / "loadgen.py"), str(cfg_path)], run_dir / f"loadgen{k}.err",
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            procs.append(p)
-            loadgens.append(p)
-            readers.append(LineReader(p))
+        loadgens, readers = start_loadgens(
+            sc, auths, nproc, args.concurrency, run_dir, {"port": port}
+        )
+        procs.extend(loadgens)
         readies = [r.expect("READY", 200) for r in readers]
         if any(r is None for r in readies):
             result["error"] = "load generator did not report READY"
@@ -1023,29 +1039,12 @@ def measure_scaling(
                 return result
         time.sleep(0.5)
 
-        readers = []
-        start_at = time.time() + 1.0
-        for k in range(nprocs):
-            part = sc.sessions[k::nprocs]
-            cfg = {
-                "host": "127.0.0.1",
-                "ports": ports,  # session j of this process -> ports[j % nservers]
-                "steps": True,
-                "sessions": [{"auth": auths[u], "symbols": syms} for u, syms in part],
-                "concurrency": max(1, args.concurrency // nprocs),
-                "lat_path": str(run_dir / f"lat{k}.bin"),
-                "start_at": start_at,
-                "connect_timeout": 90,
-            }
-            cfg_path = run_dir / f"loadgen{k}.json"
-            cfg_path.write_text(json.dumps(cfg))
-            p = spawn(
-                [PY, str(BENCH / "loadgen.py"), str(cfg_path)], run_dir / f"loadgen{k}.err",
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            procs.append(p)
-            loadgens.append(p)
-            readers.append(LineReader(p))
+        # session j of each load generator process -> ports[j % nservers]
+        started, readers = start_loadgens(
+            sc, auths, nprocs, args.concurrency, run_dir, {"ports": ports, "steps": True}
+        )
+        procs.extend(started)
+        loadgens.extend(started)
         readies = [r.expect("READY", 200) for r in readers]
         if any(r is None for r in readies):
             result["error"] = "load generator did not report READY"
