@@ -8,6 +8,7 @@ that the marker is the next thing received.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import time
@@ -20,6 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.test import override_settings
 
+from broker_ws.hub import get_hub
 from broker_ws.publishing import apublish_quote
 from tests.conftest import TIMEOUT, Client, broker_ws_settings
 
@@ -810,3 +812,31 @@ async def test_handshake_origin_falls_back_to_allowed_hosts(connect_raw):
     """With ALLOWED_ORIGINS None, a browser Origin is checked against ALLOWED_HOSTS."""
     assert await connect_raw(headers=[(b"origin", b"https://broker.example")]) is True
     assert await connect_raw(headers=[(b"origin", b"https://evil.example")]) is False
+
+
+# --- hub bookkeeping ---------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_closed_sessions_leave_nothing_behind_in_the_hub(backend, client_factory, alice):
+    """Sessions that connect, authorize, subscribe and go away (the soak's 2 reconnects
+    a second) leave no session, login, symbol or bus subscription behind: a
+    long-running process does not grow with the sessions it has seen."""
+    hub = await get_hub()
+    baseline_wanted = set(getattr(hub.subscriber, "wanted", set()))
+    for i in range(20):
+        client = await client_factory()
+        await client.authorize(alice.token)
+        await client.subscribe(f"LEAK{i}", "EURUSD")
+        await client.close()
+    async with asyncio.timeout(TIMEOUT):
+        while (
+            hub.quotes
+            or hub.users
+            or hub.everyone
+            or any(state.sessions for state in hub.logins.values())
+        ):
+            await asyncio.sleep(0.01)
+        while set(getattr(hub.subscriber, "wanted", set())) != baseline_wanted:
+            await asyncio.sleep(0.01)
+    assert not hub.logins, hub.logins
