@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from django.db import connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.models import F, Max
 
 from broker_ws.frames import FrameParts, join_account
@@ -107,6 +107,41 @@ def history(login: str, after: int) -> list[Event] | None:
 def last_id(model: type[models.Model] = AccountEvent) -> int:
     """The highest id of ``model``'s table so far (0 when it is empty)."""
     return model._default_manager.aggregate(last=Max("id"))["last"] or 0
+
+
+def last_ids(tables: Sequence[type[models.Model]]) -> list[int]:
+    """The highest id of each model's table (0 when empty), in one round trip per
+    database.
+
+    A server process asks this every ``OUTBOX_POLL_INTERVAL`` before reading
+    any table: one raw ``SELECT (SELECT MAX(id) ...), ...`` on the primary-key
+    indexes, where building and running an ORM query per table cost ~2 % of a
+    core with nothing new to read (bench/README.md, scenario c).
+    """
+    heads: dict[type[models.Model], int] = {}
+    by_alias: dict[str, list[type[models.Model]]] = {}
+    for model in tables:
+        alias = router.db_for_read(model) or DEFAULT_DB_ALIAS
+        by_alias.setdefault(alias, []).append(model)
+    for alias, group in by_alias.items():
+        connection = connections[alias]
+        quote = connection.ops.quote_name
+        columns = ", ".join(
+            f"(SELECT MAX({quote(_pk_column(model))}) FROM {quote(model._meta.db_table)})"
+            for model in group
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {columns}")
+            row = cursor.fetchone() or [None] * len(group)
+        for model, head in zip(group, row, strict=True):
+            heads[model] = int(head or 0)
+    return [heads[model] for model in tables]
+
+
+def _pk_column(model: type[models.Model]) -> str:
+    column = model._meta.pk.column if model._meta.pk is not None else None
+    assert column, f"{model.__name__} has no primary-key column"
+    return column
 
 
 def rows_after(

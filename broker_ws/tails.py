@@ -14,7 +14,7 @@ from django.db import models
 
 from broker_ws.cursor import OutboxCursor
 from broker_ws.models import AccountEvent, Broadcast, Revocation
-from broker_ws.outbox import last_id, rows_after
+from broker_ws.outbox import last_id, last_ids, rows_after
 
 
 @dataclass
@@ -49,11 +49,22 @@ def start(tails: tuple[Tail, ...]) -> None:
 
 
 def read(tails: tuple[Tail, ...]) -> list[list[tuple[Any, ...]]]:
-    """The new rows of each tail (``(id, *fields)``), advancing their cursors."""
-    batches = []
-    for tail in tails:
-        assert tail.cursor is not None
-        rows = rows_after(tail.model, tail.fields, tail.cursor.position, tail.cursor.missing())
-        tail.cursor.advance(row[0] for row in rows)
+    """The new rows of each tail (``(id, *fields)``), advancing their cursors.
+
+    One round trip tells each table's highest id; a table is read only when
+    that is past its cursor or the cursor still waits for missing ids, so an
+    idle process costs one small query per poll, not one per table.
+    """
+    heads = last_ids([tail.model for tail in tails])
+    batches: list[list[tuple[Any, ...]]] = []
+    for tail, head in zip(tails, heads, strict=True):
+        cursor = tail.cursor
+        assert cursor is not None
+        missing = cursor.missing()
+        if head <= cursor.position and not missing:
+            batches.append([])
+            continue
+        rows = rows_after(tail.model, tail.fields, cursor.position, missing)
+        cursor.advance(row[0] for row in rows)
         batches.append(rows)
     return batches
