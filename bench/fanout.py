@@ -405,6 +405,26 @@ async def _warm(port: int, sessions: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def window_figures(
+    run_dir: Path, nprocs: int, reports: list[Any], server_cpu_s: float
+) -> dict[str, Any]:
+    """Latency percentiles of the window (from the load generators' ``lat<k>.bin``
+    files), frames received in it, and server CPU per received frame."""
+    lat = array.array("d")
+    for k in range(nprocs):
+        with open(run_dir / f"lat{k}.bin", "rb") as fh:
+            lat.frombytes(fh.read())
+    values = sorted(lat)
+    arrivals = sum(r["arrivals_in_window"] for r in reports)
+    return {
+        "p50_ms": percentile(values, 0.50),
+        "p99_ms": percentile(values, 0.99),
+        "max_ms": values[-1] if values else None,
+        "arrivals_in_window": arrivals,
+        "cpu_per_frame_us": server_cpu_s / arrivals * 1e6 if arrivals else None,
+    }
+
+
 def start_loadgens(
     sc: Scenario,
     auths: Any,
@@ -650,17 +670,7 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
         result["rss_end_kb"] = rss_end
 
         # ---- metrics
-        lat = array.array("d")
-        for k in range(nproc):
-            with open(run_dir / f"lat{k}.bin", "rb") as fh:
-                lat.frombytes(fh.read())
-        values = sorted(lat)
-        result["p50_ms"] = percentile(values, 0.50)
-        result["p99_ms"] = percentile(values, 0.99)
-        result["max_ms"] = values[-1] if values else None
-        arrivals = sum(r["arrivals_in_window"] for r in lg)  # type: ignore[index]
-        result["arrivals_in_window"] = arrivals
-        result["cpu_per_frame_us"] = cpu["server"] / arrivals * 1e6 if arrivals else None
+        result.update(window_figures(run_dir, nproc, lg, cpu["server"]))
         if sc.kind == "quotes":
             subscribers: dict[str, int] = {}
             delivered = 0
@@ -891,17 +901,7 @@ def scaling_step(rig: Rig, rate: float, env: Env, run_dir: Path) -> dict[str, An
     if args.gc_log:
         step["gc_pauses"] = gc_pauses_in(rig.logs, t0, t1)
 
-    lat = array.array("d")
-    for k in range(len(rig.loadgens)):
-        with open(run_dir / f"lat{k}.bin", "rb") as fh:
-            lat.frombytes(fh.read())
-    values = sorted(lat)
-    step["p50_ms"] = percentile(values, 0.50)
-    step["p99_ms"] = percentile(values, 0.99)
-    step["max_ms"] = values[-1] if values else None
-    arrivals = sum(r["arrivals_in_window"] for r in lg)  # type: ignore[index]
-    step["arrivals_in_window"] = arrivals
-    step["cpu_per_frame_us"] = cpu["server"] / arrivals * 1e6 if arrivals else None
+    step.update(window_figures(run_dir, len(rig.loadgens), lg, cpu["server"]))
     subscribers: dict[str, int] = {}
     for r in lg:
         for sym, n in r["subscribers"].items():  # type: ignore[index]
