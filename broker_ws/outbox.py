@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
-from django.db.models import F, Max
+from django.db.models import F
 
 from broker_ws.frames import FrameParts, join_account
 from broker_ws.models import AccountEvent, LoginSequence
@@ -104,19 +104,15 @@ def history(login: str, after: int) -> list[Event] | None:
     return rows
 
 
-def last_id(model: type[models.Model] = AccountEvent) -> int:
-    """The highest id of ``model``'s table so far (0 when it is empty)."""
-    return model._default_manager.aggregate(last=Max("id"))["last"] or 0
-
-
 def last_ids(tables: Sequence[type[models.Model]]) -> list[int]:
     """The highest id of each model's table (0 when empty), in one round trip per
     database.
 
-    A server process asks this every ``OUTBOX_POLL_INTERVAL`` before reading
-    any table: one raw ``SELECT (SELECT MAX(id) ...), ...`` on the primary-key
-    indexes, where building and running an ORM query per table cost ~2 % of a
-    core with nothing new to read (bench/README.md, scenario c).
+    A server process asks this when it starts following the tables, and every
+    ``OUTBOX_POLL_INTERVAL`` before reading any of them: one raw
+    ``SELECT (SELECT MAX(id) ...), ...`` on the primary-key indexes, where
+    building and running an ORM query per table cost ~2 % of a core with
+    nothing new to read (bench/README.md, scenario c).
     """
     heads: dict[type[models.Model], int] = {}
     by_alias: dict[str, list[type[models.Model]]] = {}

@@ -14,7 +14,7 @@ from django.db import models
 
 from broker_ws.cursor import OutboxCursor
 from broker_ws.models import AccountEvent, Broadcast, Revocation
-from broker_ws.outbox import last_id, last_ids, rows_after
+from broker_ws.outbox import last_ids, rows_after
 
 
 @dataclass
@@ -44,8 +44,9 @@ def followed() -> tuple[Tail, Tail, Tail]:
 
 def start(tails: tuple[Tail, ...]) -> None:
     """Place each tail's cursor near the end of its table."""
-    for tail in tails:
-        tail.cursor = OutboxCursor(max(last_id(tail.model) - tail.lookback, 0))
+    heads = last_ids([tail.model for tail in tails])
+    for tail, head in zip(tails, heads, strict=True):
+        tail.cursor = OutboxCursor(max(head - tail.lookback, 0))
 
 
 def read(tails: tuple[Tail, ...]) -> list[list[tuple[Any, ...]]]:
