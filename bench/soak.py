@@ -43,6 +43,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fanout import cpu_seconds, rss_kb  # noqa: E402
 from tests.servers import Deployment, deployment  # noqa: E402
 
 SETUP = """
@@ -107,14 +108,6 @@ print("SEQS" + json.dumps(dict(LoginSequence.objects.filter(login__startswith="S
 """
 
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1])
-    return 0
-
-
 class Session:
     """One client: its login, symbol, the seqs it got, and its reconnects."""
 
@@ -129,13 +122,6 @@ class Session:
     @property
     def last(self) -> int | None:
         return self.seqs[-1] if self.seqs else self.start_seq
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_session(
@@ -220,7 +206,7 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
     t0 = time.time()
     tasks = await asyncio.gather(*(start(s) for s in sessions))
     print(f"{len(sessions)} sessions connected in {time.time() - t0:.1f} s", flush=True)
-    rss_start = rss_kb(pid)
+    rss_start = rss_kb([pid])
 
     def spawn(code: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -236,14 +222,14 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
     # Per minute: server and soak-client CPU (% of one core), to tell which of
     # the two a latency spike came from.
     cpu: dict[int, tuple[float, float]] = {}
-    minute_start = (time.time(), cpu_seconds(pid), sum(os.times()[:2]))
+    minute_start = (time.time(), cpu_seconds([pid]), sum(os.times()[:2]))
     while time.time() < end:
         await asyncio.sleep(1)
         for session in random.sample(sessions, min(args.reconnect_rate, len(sessions))):
             session.drop.set()
         now = time.time()
         if int(now - origin[0]) // 60 != int(minute_start[0] - origin[0]) // 60 or now >= end:
-            server, client = cpu_seconds(pid), sum(os.times()[:2])
+            server, client = cpu_seconds([pid]), sum(os.times()[:2])
             span = now - minute_start[0]
             cpu[int(minute_start[0] - origin[0]) // 60] = (
                 100 * (server - minute_start[1]) / span,
@@ -255,7 +241,7 @@ async def soak(dep: Deployment, args: argparse.Namespace, work: Path) -> None:
     await asyncio.to_thread(publisher.wait)
     await asyncio.to_thread(saver.wait)
     await asyncio.sleep(3)  # the last saves' frames reach their sessions
-    rss_end = rss_kb(pid)
+    rss_end = rss_kb([pid])
     stop.set()
     for session in sessions:
         session.drop.set()

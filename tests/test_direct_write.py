@@ -1,5 +1,5 @@
-"""Frames written straight to daphne's socket: the same bytes, in the same order,
-as daphne itself would send."""
+"""Frames written straight to daphne's and uvicorn's transports: the same bytes, in the
+same order, as the server itself would send."""
 
 from __future__ import annotations
 
