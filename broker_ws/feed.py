@@ -46,7 +46,11 @@ class RandomWalk:
         self.prices[symbol] = mid
         half = mid * self.spread / 2
         digits = self.digits[symbol]
-        return round(mid - half, digits), round(mid + half, digits)
+        bid = round(mid - half, digits)
+        # Rounded to ``digits``, a spread narrower than one tick (0.01 near a
+        # price of 100) can vanish: keep the ask at least a tick above the bid.
+        ask = max(round(mid + half, digits), round(bid + 10**-digits, digits))
+        return bid, ask
 
 
 def run_feed(
