@@ -85,6 +85,8 @@ class Hub:
         self.users: dict[str, set[Session]] = {}
         self.revocations_channel = groups.revocations_group()
         self.tails: tuple[tails.Tail, ...] | None = None
+        #: ``(id, login, seq)`` of due events whose frames could not be read yet.
+        self._unfetched: list[tuple[int, str, int]] = []
         self._broadcasts_seen: set[int] = set()
         self._broadcasts_order: deque[int] = deque()
         self._inbox: deque[tuple[str, str]] = deque()
@@ -223,11 +225,24 @@ class Hub:
             except Exception as exc:
                 logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
                 continue
+            # The bus has usually brought these already: fetch only the frames
+            # still due here (none while the bus is healthy).
+            due = [row for row in [*self._unfetched, *events] if self._needs(row[1], row[2])]
+            found: list[outbox.Event] = []
+            if due:
+                try:
+                    found = await database_sync_to_async(outbox.events_by_id)(
+                        [row[0] for row in due]
+                    )
+                    self._unfetched = []
+                except Exception as exc:
+                    logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
+                    self._unfetched = due  # the cursor is past them: ask again next poll
             inbox = self._inbox
-            for _, login, seq, frame in events:
-                channel = groups.login_group(login)
-                if channel in self.logins:
-                    inbox.append((channel, pack_numbered(seq, frame)))
+            for event in found:
+                inbox.append(
+                    (groups.login_group(event.login), pack_numbered(event.seq, event.frame))
+                )
             for _, user_id, revoked_at in revocations:
                 if user_id in self.users:
                     inbox.append(
@@ -237,6 +252,11 @@ class Hub:
                 inbox.append((self.everyone_channel, pack_numbered(broadcast_id, frame)))
             if inbox:
                 self._wakeup.set()
+
+    def _needs(self, login: str, seq: int) -> bool:
+        """Whether the frame ``seq`` of ``login`` is still due to local sessions."""
+        state = self.logins.get(groups.login_group(login))
+        return state is not None and (state.seq is None or seq > state.seq)
 
     async def _start_tails(self) -> None:
         """Start following the outbox tables from about now."""

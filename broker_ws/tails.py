@@ -3,23 +3,33 @@
 Each is read from a :class:`~broker_ws.cursor.OutboxCursor` every
 ``OUTBOX_POLL_INTERVAL``, in one trip to Django's database thread, for what
 the bus did not bring. Runs in that thread (``database_sync_to_async``).
+
+Account events are read as ``(id, login, seq)`` only: the bus has usually
+brought their frames already, and the hub fetches the rest by id
+(:func:`broker_ws.outbox.events_by_id`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.db import models
 
 from broker_ws.cursor import OutboxCursor
 from broker_ws.models import AccountEvent, Broadcast, Revocation
-from broker_ws.outbox import last_ids, rows_after
+from broker_ws.outbox import index_after, last_ids, rows_after
+
+#: ``reader(cursor, missing_ids)``: the rows ``(id, ...)`` after the cursor and
+#: those of the missing ids, in id order.
+Reader = Callable[[int, Sequence[int]], Sequence[tuple[Any, ...]]]
 
 
 @dataclass
 class Tail:
-    """One followed table, and how far back a new process starts reading it.
+    """One followed table, how it is read, and how far back a new process starts.
 
     Account events are re-read a little (``lookback`` rows) so that frames of
     transactions still open at start are not skipped; seq numbers make
@@ -28,17 +38,18 @@ class Tail:
     """
 
     model: type[models.Model]
-    fields: tuple[str, ...]
+    reader: Reader
     lookback: int
     cursor: OutboxCursor | None = None
 
 
 def followed() -> tuple[Tail, Tail, Tail]:
-    """Fresh tails of the account events, revocations and broadcasts."""
+    """Fresh tails of the account events (``(id, login, seq)``), revocations
+    (``(id, user_id, revoked_at)``) and broadcasts (``(id, frame)``)."""
     return (
-        Tail(AccountEvent, ("login", "seq", "frame"), lookback=1000),
-        Tail(Revocation, ("user_id", "revoked_at"), lookback=0),
-        Tail(Broadcast, ("frame",), lookback=0),
+        Tail(AccountEvent, index_after, lookback=1000),
+        Tail(Revocation, partial(rows_after, Revocation, ("user_id", "revoked_at")), lookback=0),
+        Tail(Broadcast, partial(rows_after, Broadcast, ("frame",)), lookback=0),
     )
 
 
@@ -50,11 +61,12 @@ def start(tails: tuple[Tail, ...]) -> None:
 
 
 def read(tails: tuple[Tail, ...]) -> list[list[tuple[Any, ...]]]:
-    """The new rows of each tail (``(id, *fields)``), advancing their cursors.
+    """The new rows of each tail (see :func:`followed`), advancing their cursors.
 
     One round trip tells each table's highest id; a table is read only when
     that is past its cursor or the cursor still waits for missing ids, so an
-    idle process costs one small query per poll, not one per table.
+    idle process costs one small query per poll, not one per table. The
+    cursors move only once every table was read: a failed read loses nothing.
     """
     heads = last_ids([tail.model for tail in tails])
     batches: list[list[tuple[Any, ...]]] = []
@@ -65,7 +77,8 @@ def read(tails: tuple[Tail, ...]) -> list[list[tuple[Any, ...]]]:
         if head <= cursor.position and not missing:
             batches.append([])
             continue
-        rows = rows_after(tail.model, tail.fields, cursor.position, missing)
-        cursor.advance(row[0] for row in rows)
-        batches.append(rows)
+        batches.append(list(tail.reader(cursor.position, missing)))
+    for tail, rows in zip(tails, batches, strict=True):
+        assert tail.cursor is not None
+        tail.cursor.advance(row[0] for row in rows)
     return batches

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.test import override_settings
 
 from broker_ws import outbox
@@ -177,6 +177,34 @@ async def test_bus_failure_after_commit_neither_raises_nor_loses_the_frame(
             await save_balance("1001", "9.99")  # publishing fails: nothing raised
         frame = await client.recv()
         assert frame[:5] == ["b", "1001", data["seq"]["1001"] + 1, "USD", 9.99]
+
+
+async def test_a_frame_the_bus_missed_is_read_again_when_reading_it_failed(
+    make_user: Any, client_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll's cursor is already past a frame whose text could not be read (a
+    locked or briefly unreachable database): the next poll asks for it again."""
+    with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
+        alice = await make_user("alice", ["1001"])
+        client, data = await session(client_factory, alice.token)
+        asked: list[list[int]] = []
+        events_by_id = outbox.events_by_id
+
+        def flaky(ids: list[int]) -> list[outbox.Event]:
+            asked.append(list(ids))
+            if len(asked) == 1:
+                raise DatabaseError("database is locked")
+            return events_by_id(ids)
+
+        monkeypatch.setattr(outbox, "events_by_id", flaky)
+
+        @database_sync_to_async
+        def record_without_publishing() -> None:
+            outbox.record({"1001": [account_parts("o", "1001", ["lost"])]}, "default", 1000)
+
+        await record_without_publishing()
+        assert await client.recv() == ["o", "1001", data["seq"]["1001"] + 1, "lost"]
+        assert len(asked) == 2 and asked[0] == asked[1]
 
 
 async def test_gap_on_the_bus_is_filled_from_the_outbox_in_order(

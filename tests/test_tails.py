@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
+from collections.abc import Sequence
+from typing import Any
 
-from broker_ws import tails
-from broker_ws.models import AccountEvent
+import pytest
+from django.db import DatabaseError, connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from broker_ws import outbox, tails
+from broker_ws.models import AccountEvent, Revocation
 
 pytestmark = pytest.mark.django_db
 
@@ -31,12 +35,45 @@ def test_new_rows_are_read_once_in_id_order() -> None:
     first = AccountEvent.objects.create(login="7001", seq=1, frame='["b","7001",1]')
     second = AccountEvent.objects.create(login="7002", seq=1, frame='["b","7002",1]')
     events, revocations, broadcasts = tails.read(followed)
-    assert events == [
-        (first.id, "7001", 1, '["b","7001",1]'),
-        (second.id, "7002", 1, '["b","7002",1]'),
-    ]
+    assert events == [(first.id, "7001", 1), (second.id, "7002", 1)]
     assert (revocations, broadcasts) == ([], [])
     assert tails.read(followed) == [[], [], []]
+    assert outbox.events_by_id([second.id, first.id]) == [
+        outbox.Event(first.id, "7001", 1, '["b","7001",1]'),
+        outbox.Event(second.id, "7002", 1, '["b","7002",1]'),
+    ]
+
+
+def test_a_busy_poll_reads_ids_logins_and_seqs_but_no_frame() -> None:
+    """The bus has usually delivered the new events already: two short queries, no
+    frame text, no ORM query per table."""
+    followed = started()
+    AccountEvent.objects.create(login="7001", seq=1, frame="x" * 10_000)
+    with CaptureQueriesContext(connection) as queries:
+        tails.read(followed)
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == 2, statements
+    assert not any("frame" in sql for sql in statements), statements
+
+
+def test_a_failed_read_moves_no_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When one table cannot be read, the rows read from the others are read again."""
+    followed = started()
+    event = AccountEvent.objects.create(login="7001", seq=1, frame="f")
+    Revocation.objects.create(user_id="1", revoked_at=timezone.now())
+    revocations_tail = followed[1]
+
+    def broken(cursor: int, missing: Sequence[int]) -> list[tuple[Any, ...]]:
+        raise DatabaseError("database is locked")
+
+    working = revocations_tail.reader
+    monkeypatch.setattr(revocations_tail, "reader", broken)
+    with pytest.raises(DatabaseError):
+        tails.read(followed)
+    monkeypatch.setattr(revocations_tail, "reader", working)
+    events, revocations, _ = tails.read(followed)
+    assert events == [(event.id, "7001", 1)]
+    assert [row[1] for row in revocations] == ["1"]
 
 
 def test_a_row_below_the_cursor_that_commits_late_is_still_read() -> None:
