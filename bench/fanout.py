@@ -54,9 +54,12 @@ SERVERS = ["broker_ws", "broker_ws_uvicorn", "naive", "plain"]
 LOGIN_BASE = 700000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN_LIMIT = 60.0  # % of one core: above it the load generator is split in two
-# Scenario s: the servers it applies to (several processes of the same ASGI
-# application behind one Redis); the baselines are not meant to scale out.
-SCALING_SERVERS = ["broker_ws", "broker_ws_uvicorn"]
+IDLE_S = 2.0  # server CPU with every session ready and nothing published, measured this long
+# Scenario s: the servers it applies to (several processes behind one Redis).
+# plain is the control: N copies of it, each with its own Redis subscription,
+# show what the machine itself lets any server gain from a second process.
+# naive is left out (it cannot carry scenario (a)'s rate with one process).
+SCALING_SERVERS = ["broker_ws", "broker_ws_uvicorn", "plain"]
 SCALING_COUNTS = (1, 2)  # server processes
 SCALING_SYMBOL = "BENCH-S"
 SCALING_MAX_DOWN = 3  # steps below --s-start-rate when the start rate does not hold
@@ -156,16 +159,39 @@ def proc_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of these processes (all their threads), in seconds.
+
+    From each thread's ``schedstat`` (nanoseconds on the CPU, as the
+    scheduler accounts it), not ``utime + stime`` of ``stat`` (clock ticks of
+    10 ms, sampled): at the 2-5 % of a core a server spends in scenario (c),
+    a 10 s window holds only 20-50 ticks. Falls back to ``stat`` where
+    ``schedstat`` is missing (a kernel without CONFIG_SCHEDSTATS).
+    """
     total = 0.0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as fh:
-                stat = fh.read()
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        try:
+            for tid in tids:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                    total += int(fh.read().split()[0]) / 1e9
+        except FileNotFoundError:
+            total += _stat_cpu_seconds(pid)
+        except OSError:
+            continue
     return total
+
+
+def _stat_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def rss_kb(pids: list[int]) -> int:
@@ -568,7 +594,7 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
         time.sleep(0.5)
         tree = proc_tree(srv.pid)
         idle0, idle_t0 = cpu_seconds(tree), time.time()
-        time.sleep(1.0)
+        time.sleep(IDLE_S)
         result["idle_cpu_pct"] = 100 * (cpu_seconds(tree) - idle0) / (time.time() - idle_t0)
         rss_after = rss_kb(tree)
         result["rss_before_kb"] = rss_before
@@ -621,6 +647,10 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
         result["window_s"] = wall
         result["server_cpu_s"] = cpu["server"]
         result["server_cpu_pct"] = 100 * cpu["server"] / wall
+        # What the frames cost on top of what the server spends with nothing to
+        # send (timers, pings, polls): at (c)'s 100 frames/s the idle cost is
+        # most of CPU/frame, and a server's own share of it shows here.
+        result["idle_cpu_s"] = result["idle_cpu_pct"] / 100 * wall
         result["cpu_share"] = {k: v / wall for k, v in cpu.items()}  # cores
         result["other_cores"] = max(
             0.0,
@@ -671,6 +701,10 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
 
         # ---- metrics
         result.update(window_figures(run_dir, nproc, lg, cpu["server"]))
+        arrivals = result["arrivals_in_window"]
+        result["cpu_per_frame_above_idle_us"] = (
+            (cpu["server"] - result["idle_cpu_s"]) / arrivals * 1e6 if arrivals else None
+        )
         if sc.kind == "quotes":
             subscribers: dict[str, int] = {}
             delivered = 0
@@ -991,13 +1025,16 @@ def measure_scaling(
     if env.template is not None:
         shutil.copyfile(env.template, db)
     proc_env = django_env(env, db)
-    tokens_path = run_dir / "tokens.json"
-    subprocess.run(
-        [PY, str(BENCH / "bw_setup.py"), "tokens", "--users", str(args.users),
-         "--out", str(tokens_path)],
-        cwd=ROOT, env=proc_env, check=True,
-    )  # fmt: skip
-    auths = [row["token"] for row in json.loads(tokens_path.read_text())]
+    if server.startswith("broker_ws"):
+        tokens_path = run_dir / "tokens.json"
+        subprocess.run(
+            [PY, str(BENCH / "bw_setup.py"), "tokens", "--users", str(args.users),
+             "--out", str(tokens_path)],
+            cwd=ROOT, env=proc_env, check=True,
+        )  # fmt: skip
+        auths = [row["token"] for row in json.loads(tokens_path.read_text())]
+    else:  # plain trusts the login, as in the other scenarios
+        auths = [str(LOGIN_BASE + i) for i in range(args.users)]
     ports: list[int] = []
     while len(ports) < nservers:
         port = free_port()
@@ -1014,7 +1051,7 @@ def measure_scaling(
     try:
         for i, port in enumerate(ports):
             cmd, backlog_note = server_command(server, port, env)
-            if args.gc_log:  # both servers of scenario s are started with our Python
+            if args.gc_log:  # every server of scenario s is started with our Python
                 cmd = [PY, str(BENCH / "gcwatch.py"), *cmd[1:]]
             result["backlog"] = backlog_note
             with open(logs[i], "w") as log:
@@ -1365,7 +1402,8 @@ def report_scaling(sc: Scenario, results: list[dict[str, Any]], args: argparse.N
 
 # --------------------------------------------------------------------------- report
 METRICS = [
-    "delivered_pct", "p50_ms", "p99_ms", "cpu_per_frame_us", "lost", "connect_s",
+    "delivered_pct", "p50_ms", "p99_ms", "cpu_per_frame_us", "cpu_per_frame_above_idle_us",
+    "idle_cpu_pct", "lost", "connect_s",
     "rss_per_session_kb", "connect_failed", "server_cpu_pct", "other_cores", "loadgen_max_pct",
 ]  # fmt: skip
 
@@ -1425,6 +1463,17 @@ def report(
                 line += "  " + ("yes" if oks and all(oks) else "NO")
             out.append(line)
         out.append("")
+        split = [
+            f"{server} {fmt(med[server]['idle_cpu_pct'], '.2f')}% /"
+            f" {fmt(med[server]['cpu_per_frame_above_idle_us'], '.1f')} us"
+            for server in servers
+            if any(r.get("ok") for r in all_results.get((sc.name, server), []))
+        ]
+        out.append(
+            "  server CPU with nothing published (% of a core) / CPU per frame above that: "
+            + "; ".join(split)
+        )
+        out.append("")
         out.append("  details (last run of each server):")
         for server in servers:
             rs = [r for r in all_results.get((sc.name, server), []) if r.get("ok")]
@@ -1441,8 +1490,8 @@ def report(
                 f"published {pub.get('in_window')} in window ({fmt(pub.get('rate'), '.1f')}/s, "
                 f"call p50 {fmt(pub.get('call_p50_ms'), '.2f')} ms"
                 f" p99 {fmt(pub.get('call_p99_ms'), '.2f')} ms)",
-                f"server CPU idle {r['idle_cpu_pct']:.1f}%"
-                f" / window {100 * share.get('server', 0):.0f}%",
+                f"server CPU idle {r['idle_cpu_pct']:.2f}%"
+                f" / window {100 * share.get('server', 0):.1f}%",
                 f"loadgen x{r.get('loadgen_procs', 1)} CPU {lg_cpu} of a core"
                 f" (connect {r['loadgen_connect_cpu_s']:.2f} s)",
                 f"publisher CPU {100 * share.get('publisher', 0):.0f}%",
@@ -1545,8 +1594,7 @@ def main() -> None:
         if skipped:
             print(
                 f"scenario s: skipping {', '.join(skipped)} (the scaling scenario runs "
-                f"{' and '.join(SCALING_SERVERS)} only: several processes of one application "
-                "behind one Redis)",
+                f"{', '.join(SCALING_SERVERS)} only; naive cannot carry one process's rate)",
                 flush=True,
             )
         if args.s_factor <= 1.0:

@@ -16,11 +16,16 @@ quotes (``--kind quotes``), round-robin over ``--symbols``:
   publish time in epoch seconds (microsecond resolution), ``ts_ms`` = the
   same time in ms.
 
-balance saves (``--kind saves``), round-robin over the bench logins:
+balance saves (``--kind saves``), round-robin over the bench logins, every
+one committed to the same SQLite database whatever the server:
   * broker_ws: ``Balance.save()`` inside ``transaction.atomic()`` (the
     binding records the frame in the outbox; it is published on commit);
-  * naive: ``group_send`` to the login's group (no database);
-  * plain: ``PUBLISH`` on the login's channel (no database).
+  * naive: the same row updated inside ``transaction.atomic()``, then
+    ``group_send`` to the login's group from ``transaction.on_commit`` (what
+    a Django developer writes first);
+  * plain: the same update, then ``PUBLISH`` on the login's channel on commit.
+  The baselines update the row with ``QuerySet.update()`` so that broker_ws's
+  binding (a ``post_save`` receiver) does not run for them.
   ``equity`` = the time the save started, epoch ms with two decimals.
 
 Prints one line ``RESULT {json}``: per-symbol / per-login counts inside
@@ -136,9 +141,6 @@ def balance_saver(
         return ["b", login, n, "USD", 10000 + n, ms, 0.0, 10000.0, int(t * 1000)]
 
     if server == "naive":
-        import django
-
-        django.setup()
         from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
 
@@ -146,19 +148,56 @@ def balance_saver(
 
         layer = get_channel_layer()
 
-        def save(login: str, n: int, t: float) -> None:
+        def deliver(login: str, n: int, t: float) -> None:
             async_to_sync(layer.group_send)(
                 login_group(login), {"type": "balance.message", "frame": frame(login, n, t)}
             )
 
-        return save
+        return committed_update(logins, deliver)
     import orjson
     import redis
 
     client = redis.Redis.from_url(redis_url)
 
-    def save(login: str, n: int, t: float) -> None:
+    def deliver(login: str, n: int, t: float) -> None:
         client.publish(f"bench.l.{login}", orjson.dumps(frame(login, n, t)))
+
+    return committed_update(logins, deliver)
+
+
+def committed_update(
+    logins: list[str], deliver: Callable[[str, int, float], None]
+) -> Callable[[str, int, float], None]:
+    """A baseline's save: the login's Balance row updated in a transaction (the
+    same row and database broker_ws's saver writes), then ``deliver`` on commit.
+
+    ``QuerySet.update()`` sends no ``post_save``, so broker_ws's binding does
+    not record or publish anything for the baselines.
+    """
+    import django
+
+    django.setup()
+    from django.db import transaction
+    from django.utils import timezone
+
+    from project.broker.models import Balance
+
+    ids = dict(
+        Balance.objects.filter(account__login__in=logins).values_list("account__login", "pk")
+    )
+    missing = set(logins) - set(ids)
+    if missing:
+        raise SystemExit(f"no Balance row for logins {sorted(missing)[:5]}...")
+    hundred = Decimal(100)
+
+    def save(login: str, n: int, t: float) -> None:
+        with transaction.atomic():
+            Balance.objects.filter(pk=ids[login]).update(
+                equity=Decimal(int(t * 100_000)) / hundred,
+                balance=Decimal(10000 + n),
+                updated_at=timezone.now(),
+            )
+            transaction.on_commit(lambda: deliver(login, n, t))
 
     return save
 
