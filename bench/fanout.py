@@ -486,6 +486,20 @@ def start_loadgens(
     return loadgens, readers
 
 
+def session_auths(server: str, users: int, run_dir: Path, proc_env: dict[str, str]) -> list[str]:
+    """What each bench user's sessions authorize with: a JWT minted for this server run
+    for broker_ws, the login itself for the baselines (they trust it)."""
+    if not server.startswith("broker_ws"):
+        return [str(LOGIN_BASE + i) for i in range(users)]
+    tokens_path = run_dir / "tokens.json"
+    subprocess.run(
+        [PY, str(BENCH / "bw_setup.py"), "tokens", "--users", str(users),
+         "--out", str(tokens_path)],
+        cwd=ROOT, env=proc_env, check=True,
+    )  # fmt: skip
+    return [row["token"] for row in json.loads(tokens_path.read_text())]
+
+
 def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1) -> dict[str, Any]:
     args = env.args
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -493,23 +507,12 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
     result["loadavg_before"] = Path("/proc/loadavg").read_text().split()[:3]
     redis_call(env.redis_url, "FLUSHDB")
     port = free_port()
-    is_bw = server.startswith("broker_ws")
     db = run_dir / "db.sqlite3"
     if env.template is not None:
         shutil.copyfile(env.template, db)
     proc_env = django_env(env, db)
 
-    # Auth strings: a JWT per bench user for broker_ws, the login for the baselines.
-    if is_bw:
-        tokens_path = run_dir / "tokens.json"
-        subprocess.run(
-            [PY, str(BENCH / "bw_setup.py"), "tokens", "--users", str(args.users),
-             "--out", str(tokens_path)],
-            cwd=ROOT, env=proc_env, check=True,
-        )  # fmt: skip
-        auths = [row["token"] for row in json.loads(tokens_path.read_text())]
-    else:
-        auths = [str(LOGIN_BASE + i) for i in range(args.users)]
+    auths = session_auths(server, args.users, run_dir, proc_env)
 
     cmd, backlog_note = server_command(server, port, env)
     if args.gc_log:
@@ -1025,16 +1028,7 @@ def measure_scaling(
     if env.template is not None:
         shutil.copyfile(env.template, db)
     proc_env = django_env(env, db)
-    if server.startswith("broker_ws"):
-        tokens_path = run_dir / "tokens.json"
-        subprocess.run(
-            [PY, str(BENCH / "bw_setup.py"), "tokens", "--users", str(args.users),
-             "--out", str(tokens_path)],
-            cwd=ROOT, env=proc_env, check=True,
-        )  # fmt: skip
-        auths = [row["token"] for row in json.loads(tokens_path.read_text())]
-    else:  # plain trusts the login, as in the other scenarios
-        auths = [str(LOGIN_BASE + i) for i in range(args.users)]
+    auths = session_auths(server, args.users, run_dir, proc_env)
     ports: list[int] = []
     while len(ports) < nservers:
         port = free_port()
