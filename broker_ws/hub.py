@@ -38,6 +38,9 @@ from broker_ws.revocation import parse_revocation, revocation_payload
 
 logger = logging.getLogger(__name__)
 
+#: Due outbox events whose frames could not be read, kept to ask for again.
+MAX_UNFETCHED = 10_000
+
 
 class Session(Protocol):
     """What the hub needs from a connected session."""
@@ -237,7 +240,7 @@ class Hub:
                     self._unfetched = []
                 except Exception as exc:
                     logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
-                    self._unfetched = due  # the cursor is past them: ask again next poll
+                    self._unfetched = self._keep_unfetched(due)
             inbox = self._inbox
             for event in found:
                 inbox.append(
@@ -252,6 +255,21 @@ class Hub:
                 inbox.append((self.everyone_channel, pack_numbered(broadcast_id, frame)))
             if inbox:
                 self._wakeup.set()
+
+    @staticmethod
+    def _keep_unfetched(due: list[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
+        """The events to ask for again next poll (the cursor is past them), at most
+        :data:`MAX_UNFETCHED`: beyond that, during a long database outage, the oldest
+        are left to the gap fill of their login's next frame, or to the client's resume."""
+        if len(due) > MAX_UNFETCHED:
+            logger.warning(
+                "broker_ws: %d outbox frames could not be read; the oldest %d are left to "
+                "gap filling and resume",
+                len(due),
+                len(due) - MAX_UNFETCHED,
+            )
+            return due[-MAX_UNFETCHED:]
+        return due
 
     def _needs(self, login: str, seq: int) -> bool:
         """Whether the frame ``seq`` of ``login`` is still due to local sessions."""

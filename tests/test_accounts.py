@@ -207,6 +207,41 @@ async def test_a_frame_the_bus_missed_is_read_again_when_reading_it_failed(
         assert len(asked) == 2 and asked[0] == asked[1]
 
 
+async def test_frames_kept_for_a_later_read_are_capped_and_the_rest_gap_filled(
+    make_user: Any, client_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the frames cannot be read, only the newest ``MAX_UNFETCHED`` are kept to
+    ask for again; the older ones still arrive, in order, by the gap fill of the next
+    frame the poll does deliver."""
+    from broker_ws import hub
+
+    monkeypatch.setattr(hub, "MAX_UNFETCHED", 1)
+    with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
+        alice = await make_user("alice", ["1001"])
+        client, data = await session(client_factory, alice.token)
+        seq = data["seq"]["1001"]
+        asked: list[list[int]] = []
+        events_by_id = outbox.events_by_id
+
+        def failing_twice(ids: list[int]) -> list[outbox.Event]:
+            asked.append(list(ids))
+            if len(asked) <= 2:
+                raise DatabaseError("database is locked")
+            return events_by_id(ids)
+
+        monkeypatch.setattr(outbox, "events_by_id", failing_twice)
+
+        @database_sync_to_async
+        def record_two_without_publishing() -> None:
+            parts = [account_parts("o", "1001", [text]) for text in ("first", "second")]
+            outbox.record({"1001": parts}, "default", 1000)  # one commit: one poll sees both
+
+        await record_two_without_publishing()
+        assert await client.recv() == ["o", "1001", seq + 1, "first"]
+        assert await client.recv() == ["o", "1001", seq + 2, "second"]
+        assert all(len(ids) == 1 for ids in asked[1:]), asked
+
+
 async def test_gap_on_the_bus_is_filled_from_the_outbox_in_order(
     backend: str, make_user: Any, client_factory: Any
 ) -> None:
