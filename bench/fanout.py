@@ -53,6 +53,7 @@ VENV_BIN = Path(PY).parent
 SERVERS = ["broker_ws", "broker_ws_uvicorn", "naive", "plain"]
 LOGIN_BASE = 700000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HAS_SCHEDSTAT = os.path.exists("/proc/self/schedstat")
 LOADGEN_LIMIT = 60.0  # % of one core: above it the load generator is split in two
 IDLE_S = 2.0  # server CPU with every session ready and nothing published, measured this long
 # Scenario s: the servers it applies to (several processes behind one Redis).
@@ -164,23 +165,24 @@ def cpu_seconds(pids: list[int]) -> float:
     From each thread's ``schedstat`` (nanoseconds on the CPU, as the
     scheduler accounts it), not ``utime + stime`` of ``stat`` (clock ticks of
     10 ms, sampled): at the 2-5 % of a core a server spends in scenario (c),
-    a 10 s window holds only 20-50 ticks. Falls back to ``stat`` where
-    ``schedstat`` is missing (a kernel without CONFIG_SCHEDSTATS).
+    a 10 s window holds only 20-50 ticks. Falls back to ``stat`` on a kernel
+    without ``schedstat`` (no CONFIG_SCHEDSTATS). A process or thread that
+    ends meanwhile counts nothing.
     """
+    if not HAS_SCHEDSTAT:
+        return sum(_stat_cpu_seconds(pid) for pid in pids)
     total = 0.0
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        try:
-            for tid in tids:
+        for tid in tids:
+            try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
                     total += int(fh.read().split()[0]) / 1e9
-        except FileNotFoundError:
-            total += _stat_cpu_seconds(pid)
-        except OSError:
-            continue
+            except OSError:
+                continue
     return total
 
 
@@ -650,10 +652,6 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
         result["window_s"] = wall
         result["server_cpu_s"] = cpu["server"]
         result["server_cpu_pct"] = 100 * cpu["server"] / wall
-        # What the frames cost on top of what the server spends with nothing to
-        # send (timers, pings, polls): at (c)'s 100 frames/s the idle cost is
-        # most of CPU/frame, and a server's own share of it shows here.
-        result["idle_cpu_s"] = result["idle_cpu_pct"] / 100 * wall
         result["cpu_share"] = {k: v / wall for k, v in cpu.items()}  # cores
         result["other_cores"] = max(
             0.0,
@@ -704,9 +702,13 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
 
         # ---- metrics
         result.update(window_figures(run_dir, nproc, lg, cpu["server"]))
+        # What the frames cost on top of what the server spends with nothing to
+        # send (timers, pings, polls): at (c)'s 100 frames/s the idle cost is a
+        # large part of CPU/frame, and each server's own share of it shows here.
         arrivals = result["arrivals_in_window"]
+        idle_s = result["idle_cpu_pct"] / 100 * wall
         result["cpu_per_frame_above_idle_us"] = (
-            (cpu["server"] - result["idle_cpu_s"]) / arrivals * 1e6 if arrivals else None
+            (cpu["server"] - idle_s) / arrivals * 1e6 if arrivals else None
         )
         if sc.kind == "quotes":
             subscribers: dict[str, int] = {}

@@ -110,26 +110,17 @@ def balance_saver(
     server: str, redis_url: str, logins: list[str]
 ) -> Callable[[str, int, float], None]:
     """``save(login, n, t)``: the n-th save of ``login``, started at ``t``."""
+    import django
+
+    django.setup()
+    from django.db import transaction
+
+    balances = balances_of(logins)
     if server.startswith("broker_ws"):
-        import django
-
-        django.setup()
-        from django.db import transaction
-
-        from project.broker.models import Balance
-
-        balances = {
-            b.account.login: b
-            for b in Balance.objects.select_related("account").filter(account__login__in=logins)
-        }
-        missing = set(logins) - set(balances)
-        if missing:
-            raise SystemExit(f"no Balance row for logins {sorted(missing)[:5]}...")
-        hundred = Decimal(100)
 
         def save(login: str, n: int, t: float) -> None:
             balance = balances[login]
-            balance.equity = Decimal(int(t * 100_000)) / hundred  # epoch ms, 2 decimals
+            balance.equity = equity_at(t)
             balance.balance = Decimal(10000 + n)
             with transaction.atomic():
                 balance.save()
@@ -153,7 +144,7 @@ def balance_saver(
                 login_group(login), {"type": "balance.message", "frame": frame(login, n, t)}
             )
 
-        return committed_update(logins, deliver)
+        return committed_update(balances, deliver)
     import orjson
     import redis
 
@@ -162,11 +153,28 @@ def balance_saver(
     def deliver(login: str, n: int, t: float) -> None:
         client.publish(f"bench.l.{login}", orjson.dumps(frame(login, n, t)))
 
-    return committed_update(logins, deliver)
+    return committed_update(balances, deliver)
+
+
+def balances_of(logins: list[str]) -> dict[str, Any]:
+    """The bench logins' Balance rows, by login (Django is set up)."""
+    from project.broker.models import Balance
+
+    rows = Balance.objects.select_related("account").filter(account__login__in=logins)
+    balances = {balance.account.login: balance for balance in rows}
+    missing = set(logins) - set(balances)
+    if missing:
+        raise SystemExit(f"no Balance row for logins {sorted(missing)[:5]}...")
+    return balances
+
+
+def equity_at(t: float) -> Decimal:
+    """The save's start time as the ``equity`` the frame carries: epoch ms, 2 decimals."""
+    return Decimal(int(t * 100_000)) / 100
 
 
 def committed_update(
-    logins: list[str], deliver: Callable[[str, int, float], None]
+    balances: dict[str, Any], deliver: Callable[[str, int, float], None]
 ) -> Callable[[str, int, float], None]:
     """A baseline's save: the login's Balance row updated in a transaction (the
     same row and database broker_ws's saver writes), then ``deliver`` on commit.
@@ -174,28 +182,15 @@ def committed_update(
     ``QuerySet.update()`` sends no ``post_save``, so broker_ws's binding does
     not record or publish anything for the baselines.
     """
-    import django
-
-    django.setup()
     from django.db import transaction
     from django.utils import timezone
 
     from project.broker.models import Balance
 
-    ids = dict(
-        Balance.objects.filter(account__login__in=logins).values_list("account__login", "pk")
-    )
-    missing = set(logins) - set(ids)
-    if missing:
-        raise SystemExit(f"no Balance row for logins {sorted(missing)[:5]}...")
-    hundred = Decimal(100)
-
     def save(login: str, n: int, t: float) -> None:
         with transaction.atomic():
-            Balance.objects.filter(pk=ids[login]).update(
-                equity=Decimal(int(t * 100_000)) / hundred,
-                balance=Decimal(10000 + n),
-                updated_at=timezone.now(),
+            Balance.objects.filter(pk=balances[login].pk).update(
+                equity=equity_at(t), balance=Decimal(10000 + n), updated_at=timezone.now()
             )
             transaction.on_commit(lambda: deliver(login, n, t))
 
