@@ -119,8 +119,7 @@ def last_ids(tables: Sequence[type[models.Model]]) -> list[int]:
     heads: dict[type[models.Model], int] = {}
     by_alias: dict[str, list[type[models.Model]]] = {}
     for model in tables:
-        alias = router.db_for_read(model) or DEFAULT_DB_ALIAS
-        by_alias.setdefault(alias, []).append(model)
+        by_alias.setdefault(_read_alias(model), []).append(model)
     for alias, group in by_alias.items():
         connection = connections[alias]
         quote = connection.ops.quote_name
@@ -134,6 +133,10 @@ def last_ids(tables: Sequence[type[models.Model]]) -> list[int]:
         for model, head in zip(group, row, strict=True):
             heads[model] = int(head or 0)
     return [heads[model] for model in tables]
+
+
+def _read_alias(model: type[models.Model]) -> str:
+    return router.db_for_read(model) or DEFAULT_DB_ALIAS
 
 
 def _pk_column(model: type[models.Model]) -> str:
@@ -174,21 +177,20 @@ def index_after(
     the few frames its bus did not bring; with the bus healthy, none
     (bench/README.md, scenario c).
     """
-    alias = router.db_for_read(AccountEvent) or DEFAULT_DB_ALIAS
-    connection = connections[alias]
+    connection = connections[_read_alias(AccountEvent)]
     quote = connection.ops.quote_name
+    pk = quote(_pk_column(AccountEvent))
     select = (
-        f"SELECT {quote('id')}, {quote('login')}, {quote('seq')} "
+        f"SELECT {pk}, {quote('login')}, {quote('seq')} "
         f"FROM {quote(AccountEvent._meta.db_table)} WHERE "
     )
+    queries = [(f"{pk} > %s ORDER BY {pk} LIMIT %s", [cursor, limit])]
+    if also:
+        queries.append((f"{pk} IN ({', '.join(['%s'] * len(also))})", list(also)))
     rows: list[tuple[int, str, int]] = []
     with connection.cursor() as db:
-        db.execute(select + f"{quote('id')} > %s ORDER BY {quote('id')} LIMIT %s", [cursor, limit])
-        rows.extend((int(i), str(login), int(seq)) for i, login, seq in db.fetchall())
-        if also:
-            wanted = list(also)
-            marks = ", ".join(["%s"] * len(wanted))
-            db.execute(select + f"{quote('id')} IN ({marks})", wanted)
+        for where, params in queries:
+            db.execute(select + where, params)
             rows.extend((int(i), str(login), int(seq)) for i, login, seq in db.fetchall())
     return sorted(rows)
 
