@@ -29,7 +29,7 @@ from typing import Protocol
 
 from channels.db import database_sync_to_async
 
-from broker_ws import broadcasts, groups, metrics, outbox, tails
+from broker_ws import broadcasts, groups, metrics, outbox, poller, tails
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
 from broker_ws.conf import conf
@@ -94,7 +94,9 @@ class Hub:
         self._broadcasts_order: deque[int] = deque()
         self._inbox: deque[tuple[str, str]] = deque()
         self._wakeup = asyncio.Event()
-        self._poll_now = asyncio.Event()
+        self._tail_batches: deque[poller.Batches] = deque()
+        self._tails_read = asyncio.Event()
+        self._poller: poller.OutboxPoller | None = None
         self._lock = asyncio.Lock()
         self._login_ready: dict[str, asyncio.Future[None]] = {}
         self._started = False
@@ -108,11 +110,17 @@ class Hub:
             await self.subscriber.start()
             await self.subscriber.subscribe([self.everyone_channel, self.revocations_channel])
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._pump()), loop.create_task(self._poll_outbox())]
+            self._tasks = [loop.create_task(self._pump()), loop.create_task(self._follow_outbox())]
+            self._poller = poller.OutboxPoller(
+                loop, lambda: self.tails, lambda: bool(self.users), self._on_tails
+            )
+            self._poller.start()
             self._started = True
 
     async def close(self) -> None:
-        """Stop fanning out and close the bus connection."""
+        """Stop fanning out and polling, and close the bus connection."""
+        if self._poller is not None:
+            await self._poller.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -125,7 +133,8 @@ class Hub:
 
     def _on_reconnect(self) -> None:
         # Whatever was published while the bus was down is in the outbox.
-        self._poll_now.set()
+        if self._poller is not None:
+            self._poller.poll_now()
 
     async def _pump(self) -> None:
         inbox = self._inbox
@@ -212,22 +221,24 @@ class Hub:
             await self._deliver(state, seq, frame)
 
     # --- outbox -------------------------------------------------------------
-    async def _poll_outbox(self) -> None:
-        """Read what the bus did not bring, every ``OUTBOX_POLL_INTERVAL``:
-        account frames, revocations and broadcasts (:mod:`broker_ws.tails`)."""
+    def _on_tails(self, batches: poller.Batches) -> None:
+        """Called on the loop by the poller thread with the rows it read."""
+        self._tail_batches.append(batches)
+        self._tails_read.set()
+
+    async def _follow_outbox(self) -> None:
+        """Hand to the pump what the outbox poll found that the bus did not bring:
+        account frames still due here, revocations and broadcasts."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), conf.OUTBOX_POLL_INTERVAL)
-            self._poll_now.clear()
-            if not self.users or self.tails is None:
-                continue
-            try:
-                events, revocations, broadcasts = await database_sync_to_async(tails.read)(
-                    self.tails
-                )
-            except Exception as exc:
-                logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
-                continue
+            if not self._tail_batches:
+                self._tails_read.clear()
+                # Frames that could not be fetched are asked for again a poll later.
+                retry = conf.OUTBOX_POLL_INTERVAL if self._unfetched else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._tails_read.wait(), retry)
+            events, revocations, broadcasts = (
+                self._tail_batches.popleft() if self._tail_batches else ([], [], [])
+            )
             # The bus has usually brought these already: fetch only the frames
             # still due here (none while the bus is healthy).
             due = [row for row in [*self._unfetched, *events] if self._needs(row[1], row[2])]
@@ -241,6 +252,8 @@ class Hub:
                 except Exception as exc:
                     logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
                     self._unfetched = self._keep_unfetched(due)
+            else:
+                self._unfetched = []
             inbox = self._inbox
             for event in found:
                 inbox.append(

@@ -4,7 +4,8 @@ Write path (:func:`record`), called inside the saving transaction: take the
 login's next sequence numbers, splice them into the frames encoded by
 :mod:`broker_ws.frames`, insert the rows and prune the login's history.
 
-Read path, called by server processes through ``database_sync_to_async``:
+Read path, called by server processes through ``database_sync_to_async``
+(:func:`index_after` by their poll thread, :mod:`broker_ws.poller`):
 the current seq of logins (:func:`current_seqs`), a login's frames after a
 seq (:func:`history`), the ``(id, login, seq)`` of every event after a
 cursor (:func:`index_after`) and the frames of chosen events

@@ -1,8 +1,8 @@
 """The tables every server process follows: account events, revocations, broadcasts.
 
 Each is read from a :class:`~broker_ws.cursor.OutboxCursor` every
-``OUTBOX_POLL_INTERVAL``, in one trip to Django's database thread, for what
-the bus did not bring. Runs in that thread (``database_sync_to_async``).
+``OUTBOX_POLL_INTERVAL``, for what the bus did not bring, by the poll thread
+of the process (:mod:`broker_ws.poller`).
 
 Account events are read as ``(id, login, seq)`` only: the bus has usually
 brought their frames already, and the hub fetches the rest by id

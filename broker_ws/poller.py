@@ -1,0 +1,106 @@
+"""The outbox poll of a server process, in a thread of its own.
+
+Every server process reads the outbox tables every ``OUTBOX_POLL_INTERVAL``
+for what the bus did not bring (:mod:`broker_ws.tails`). The read itself is
+one small query, about 25 µs of CPU while the tables are quiet. Through
+channels' ``database_sync_to_async`` each poll cost ten times that in a quiet
+process and about 1 ms in a server with 1000 sessions: the event loop wakes
+to hand the call to Django's database thread, that thread wakes, the result
+wakes the loop again, and old connections are checked on both sides. At four
+polls a second that was 0.4 % of a core per process with nothing to read
+(bench/README.md, scenario (c)).
+
+Here one thread sleeps between polls, reads on a database connection of its
+own (kept as ``CONN_MAX_AGE`` says, checked before and after each read as
+Django does around a request), and wakes the event loop only when a table
+has new rows. The rows are handed to the loop in the order they were read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from broker_ws import tails
+from broker_ws.conf import conf
+
+logger = logging.getLogger(__name__)
+
+#: New rows of the account events, revocations and broadcasts (:func:`tails.read`).
+Batches = list[list[tuple[Any, ...]]]
+
+#: How long closing a hub waits for a read in progress to end, in seconds.
+STOP_TIMEOUT = 5.0
+
+
+class OutboxPoller:
+    """Reads ``followed()`` every ``OUTBOX_POLL_INTERVAL`` while ``active()``.
+
+    ``followed`` returns the tails to read, or None while there are none yet;
+    ``deliver`` is called on ``loop`` with every read that found rows.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        followed: Callable[[], tuple[tails.Tail, ...] | None],
+        active: Callable[[], bool],
+        deliver: Callable[[Batches], None],
+    ) -> None:
+        self._loop = loop
+        self._followed = followed
+        self._active = active
+        self._deliver = deliver
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="broker_ws-outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poll_now(self) -> None:
+        """Read at once instead of at the end of the interval (the bus reconnected)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop polling; wait for a read in progress and the connection's close."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, STOP_TIMEOUT)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(conf.OUTBOX_POLL_INTERVAL)
+                self._wake.clear()
+                if self._stopping or self._loop.is_closed():
+                    return
+                followed = self._followed()
+                if followed is None or not self._active():
+                    continue
+                batches = self._read(followed)
+                if batches is not None and any(batches):
+                    try:
+                        self._loop.call_soon_threadsafe(self._deliver, batches)
+                    except RuntimeError:  # the loop was closed meanwhile
+                        return
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    @staticmethod
+    def _read(followed: tuple[tails.Tail, ...]) -> Batches | None:
+        close_old_connections()  # broken, or older than CONN_MAX_AGE: reconnect
+        try:
+            return tails.read(followed)
+        except Exception as exc:
+            # No cursor moved: the next poll reads the same rows again.
+            logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
+            return None
+        finally:
+            close_old_connections()
