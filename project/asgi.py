@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -13,3 +14,9 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from broker_ws.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})
+
+# Everything loaded so far lives as long as the process: keep the garbage collector off it
+# (docs/deployment.md, "gc.freeze()"). rundemo freezes before importing this module too;
+# daphne and uvicorn started on their own (the benchmark's uvicorn server) only get this.
+gc.collect()
+gc.freeze()
