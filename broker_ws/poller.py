@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: New rows of the account events, revocations and broadcasts (:func:`tails.read`).
 Batches = list[list[tuple[Any, ...]]]
 
+#: The poll interval when ``OUTBOX_POLL_INTERVAL`` cannot be read.
+DEFAULT_INTERVAL = 0.25
+
 #: How long closing a hub waits for a read in progress to end, in seconds.
 STOP_TIMEOUT = 5.0
 
@@ -77,21 +80,28 @@ class OutboxPoller:
     def _run(self) -> None:
         try:
             while True:
-                self._wake.wait(conf.OUTBOX_POLL_INTERVAL)
+                self._wake.wait(_interval())
                 self._wake.clear()
                 if self._stopping or self._loop.is_closed():
                     return
-                followed = self._followed()
-                if followed is None or not self._active():
-                    continue
-                batches = self._read(followed)
-                if batches is not None and any(batches):
-                    try:
-                        self._loop.call_soon_threadsafe(self._deliver, batches)
-                    except RuntimeError:  # the loop was closed meanwhile
+                try:
+                    self._poll_once()
+                except Exception:
+                    if self._loop.is_closed():  # call_soon_threadsafe on a closed loop
                         return
+                    # This thread must live on: it is how the process hears of
+                    # frames its bus did not bring.
+                    logger.exception("broker_ws: the outbox poll failed; retrying")
         finally:
             connections.close_all()  # this thread's connections only
+
+    def _poll_once(self) -> None:
+        followed = self._followed()
+        if followed is None or not self._active():
+            return
+        batches = self._read(followed)
+        if batches is not None and any(batches):
+            self._loop.call_soon_threadsafe(self._deliver, batches)
 
     @staticmethod
     def _read(followed: tuple[tails.Tail, ...]) -> Batches | None:
@@ -104,3 +114,12 @@ class OutboxPoller:
             return None
         finally:
             close_old_connections()
+
+
+def _interval() -> float:
+    """``OUTBOX_POLL_INTERVAL``, or the default if the setting cannot be read now
+    (``broker_ws.E005`` reports it at start-up)."""
+    try:
+        return conf.OUTBOX_POLL_INTERVAL
+    except Exception:
+        return DEFAULT_INTERVAL

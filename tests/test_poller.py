@@ -155,3 +155,32 @@ async def test_stop_wakes_the_thread_from_a_long_interval_and_ends_it(
             await polls.stop()
     assert not polls._thread.is_alive()
     assert len(recorder.readers) == 1
+
+
+async def test_the_thread_outlives_an_unexpected_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything raised in a poll is logged and the next poll happens: a dead poll
+    thread would silently stop frames the bus missed from ever arriving."""
+    recorder = Recorder(monkeypatch)
+    followed = await started_tails()
+    looked: list[int] = []
+
+    def followed_once_broken() -> tuple[tails.Tail, ...]:
+        looked.append(1)
+        if len(looked) == 1:
+            raise KeyError("boom")
+        return followed
+
+    with override_settings(BROKER_WS=FAST), caplog.at_level(logging.ERROR, "broker_ws"):
+        polls = poller.OutboxPoller(
+            asyncio.get_running_loop(), followed_once_broken, lambda: True, recorder.deliver
+        )
+        polls.start()
+        try:
+            await until(lambda: bool(recorder.readers))
+        finally:
+            await polls.stop()
+    assert [r.getMessage() for r in caplog.records] == [
+        "broker_ws: the outbox poll failed; retrying"
+    ]
