@@ -32,7 +32,6 @@ from channels.db import database_sync_to_async
 from broker_ws import broadcasts, groups, metrics, outbox, poller, tails
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
-from broker_ws.conf import conf
 from broker_ws.direct_write import EncodedFrame
 from broker_ws.revocation import parse_revocation, revocation_payload
 
@@ -233,41 +232,46 @@ class Hub:
             if not self._tail_batches:
                 self._tails_read.clear()
                 # Frames that could not be fetched are asked for again a poll later.
-                retry = conf.OUTBOX_POLL_INTERVAL if self._unfetched else None
+                retry = poller.poll_interval() if self._unfetched else None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._tails_read.wait(), retry)
-            events, revocations, broadcasts = (
-                self._tail_batches.popleft() if self._tail_batches else ([], [], [])
-            )
-            # The bus has usually brought these already: fetch only the frames
-            # still due here (none while the bus is healthy).
-            due = [row for row in [*self._unfetched, *events] if self._needs(row[1], row[2])]
-            found: list[outbox.Event] = []
-            if due:
-                try:
-                    found = await database_sync_to_async(outbox.events_by_id)(
-                        [row[0] for row in due]
-                    )
-                    self._unfetched = []
-                except Exception as exc:
-                    logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
-                    self._unfetched = self._keep_unfetched(due)
-            else:
+            # Everything read meanwhile in one pass (one fetch), in the order read.
+            batches = list(self._tail_batches)
+            self._tail_batches.clear()
+            try:
+                await self._take_tails(batches)
+            except Exception:
+                # This task must live on, as the poll thread does.
+                logger.exception("broker_ws: handling what the outbox poll read failed")
+
+    async def _take_tails(self, batches: list[poller.Batches]) -> None:
+        events = [row for batch in batches for row in batch[0]]
+        # The bus has usually brought these already: fetch only the frames
+        # still due here (none while the bus is healthy).
+        due = [row for row in [*self._unfetched, *events] if self._needs(row[1], row[2])]
+        found: list[outbox.Event] = []
+        if due:
+            try:
+                found = await database_sync_to_async(outbox.events_by_id)([row[0] for row in due])
                 self._unfetched = []
-            inbox = self._inbox
-            for event in found:
-                inbox.append(
-                    (groups.login_group(event.login), pack_numbered(event.seq, event.frame))
-                )
-            for _, user_id, revoked_at in revocations:
+            except Exception as exc:
+                logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
+                self._unfetched = self._keep_unfetched(due)
+        else:
+            self._unfetched = []
+        inbox = self._inbox
+        for event in found:
+            inbox.append((groups.login_group(event.login), pack_numbered(event.seq, event.frame)))
+        for batch in batches:
+            for _, user_id, revoked_at in batch[1]:
                 if user_id in self.users:
                     inbox.append(
                         (self.revocations_channel, revocation_payload(user_id, revoked_at))
                     )
-            for broadcast_id, frame in broadcasts:
+            for broadcast_id, frame in batch[2]:
                 inbox.append((self.everyone_channel, pack_numbered(broadcast_id, frame)))
-            if inbox:
-                self._wakeup.set()
+        if inbox:
+            self._wakeup.set()
 
     @staticmethod
     def _keep_unfetched(due: list[tuple[int, str, int]]) -> list[tuple[int, str, int]]:

@@ -11,9 +11,11 @@ polls a second that was 0.4 % of a core per process with nothing to read
 (bench/README.md, scenario (c)).
 
 Here one thread sleeps between polls, reads on a database connection of its
-own (kept as ``CONN_MAX_AGE`` says, checked before and after each read as
-Django does around a request), and wakes the event loop only when a table
-has new rows. The rows are handed to the loop in the order they were read.
+own, and wakes the event loop only when a table has new rows. The rows are
+handed to the loop in the order they were read. The connection is kept as
+``CONN_MAX_AGE`` says (with 0, every poll connects anew) and closed after a
+failed read, so that the next one reconnects. A database outage is logged
+when it starts and when it ends, not at every poll.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +64,7 @@ class OutboxPoller:
         self._deliver = deliver
         self._wake = threading.Event()
         self._stopping = False
+        self._failing = False
         self._thread = threading.Thread(target=self._run, name="broker_ws-outbox", daemon=True)
 
     def start(self) -> None:
@@ -76,11 +80,17 @@ class OutboxPoller:
         self._wake.set()
         if self._thread.is_alive():
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, STOP_TIMEOUT)
+        if self._thread.is_alive():
+            logger.warning(
+                "broker_ws: the outbox poll thread is still reading after %s s; "
+                "it ends, and closes its database connection, when that read returns",
+                STOP_TIMEOUT,
+            )
 
     def _run(self) -> None:
         try:
             while True:
-                self._wake.wait(_interval())
+                self._wake.wait(poll_interval())
                 self._wake.clear()
                 if self._stopping or self._loop.is_closed():
                     return
@@ -103,23 +113,44 @@ class OutboxPoller:
         if batches is not None and any(batches):
             self._loop.call_soon_threadsafe(self._deliver, batches)
 
-    @staticmethod
-    def _read(followed: tuple[tails.Tail, ...]) -> Batches | None:
-        close_old_connections()  # broken, or older than CONN_MAX_AGE: reconnect
+    def _read(self, followed: tuple[tails.Tail, ...]) -> Batches | None:
         try:
-            return tails.read(followed)
+            batches = tails.read(followed)
         except Exception as exc:
-            # No cursor moved: the next poll reads the same rows again.
-            logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
-            return None
-        finally:
+            # No cursor moved: the next poll reads the same rows again. A broken
+            # connection is closed here and opened again by the next read.
             close_old_connections()
+            if not self._failing:
+                logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
+            else:
+                logger.debug("broker_ws: reading the outbox still fails (%s)", exc)
+            self._failing = True
+            return None
+        if self._failing:
+            logger.warning("broker_ws: reading the outbox works again")
+            self._failing = False
+        _close_if_obsolete()
+        return batches
 
 
-def _interval() -> float:
+def poll_interval() -> float:
     """``OUTBOX_POLL_INTERVAL``, or the default if the setting cannot be read now
     (``broker_ws.E005`` reports it at start-up)."""
     try:
         return conf.OUTBOX_POLL_INTERVAL
     except Exception:
         return DEFAULT_INTERVAL
+
+
+def _close_if_obsolete() -> None:
+    """Close this thread's connections older than ``CONN_MAX_AGE``.
+
+    Not ``close_old_connections()`` after every read: it also marks the
+    connection for a health check (``CONN_HEALTH_CHECKS``), one more round trip
+    on every poll. A connection broken since is found by the next read, which
+    fails, and is closed then.
+    """
+    now = time.monotonic()
+    for connection in connections.all(initialized_only=True):
+        if connection.close_at is not None and now >= connection.close_at:
+            connection.close()

@@ -7,8 +7,10 @@ under a key prefix of its own that is deleted afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -64,8 +66,13 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 async def _close_hubs() -> AsyncIterator[None]:
+    """Close the test's hubs, and check that their outbox poll threads ended (a left
+    thread would keep a database connection open past the test)."""
     yield
     await close_hubs()
+    async with asyncio.timeout(TIMEOUT):
+        while any(t.name == "broker_ws-outbox" for t in threading.enumerate()):
+            await asyncio.sleep(0.01)
 
 
 @dataclass
