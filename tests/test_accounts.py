@@ -3,6 +3,7 @@ login, numbered without gaps, resumable, and never lost when the bus fails."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -240,6 +241,45 @@ async def test_frames_kept_for_a_later_read_are_capped_and_the_rest_gap_filled(
         assert await client.recv() == ["o", "1001", seq + 1, "first"]
         assert await client.recv() == ["o", "1001", seq + 2, "second"]
         assert all(len(ids) == 1 for ids in asked[1:]), asked
+
+
+async def test_the_outbox_task_lives_on_after_a_failure_and_the_frame_still_arrives(
+    make_user: Any,
+    client_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Handling what the poll read fails once (a bug, say): it is logged, the task
+    goes on, and the frame it dropped arrives by the gap fill of the next one."""
+    from broker_ws.hub import Hub
+
+    with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
+        alice = await make_user("alice", ["1001"])
+        client, data = await session(client_factory, alice.token)
+        seq = data["seq"]["1001"]
+        needs = Hub._needs
+        calls: list[int] = []
+
+        def needs_failing_once(self: Hub, login: str, event_seq: int) -> bool:
+            calls.append(event_seq)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return needs(self, login, event_seq)
+
+        monkeypatch.setattr(Hub, "_needs", needs_failing_once)
+
+        @database_sync_to_async
+        def record_without_publishing(text: str) -> None:
+            outbox.record({"1001": [account_parts("o", "1001", [text])]}, "default", 1000)
+
+        await record_without_publishing("first")
+        async with asyncio.timeout(5):
+            while not calls:
+                await asyncio.sleep(0.01)
+        await record_without_publishing("second")
+        assert await client.recv() == ["o", "1001", seq + 1, "first"]
+        assert await client.recv() == ["o", "1001", seq + 2, "second"]
+    assert any("outbox poll read failed" in r.getMessage() for r in caplog.records)
 
 
 async def test_gap_on_the_bus_is_filled_from_the_outbox_in_order(
