@@ -30,15 +30,12 @@ from typing import Any
 from django.db import close_old_connections, connections
 
 from broker_ws import tails
-from broker_ws.conf import conf
+from broker_ws.conf import DEFAULTS, conf
 
 logger = logging.getLogger(__name__)
 
 #: New rows of the account events, revocations and broadcasts (:func:`tails.read`).
 Batches = list[list[tuple[Any, ...]]]
-
-#: The poll interval when ``OUTBOX_POLL_INTERVAL`` cannot be read.
-DEFAULT_INTERVAL = 0.25
 
 #: How long closing a hub waits for a read in progress to end, in seconds.
 STOP_TIMEOUT = 5.0
@@ -139,7 +136,7 @@ def poll_interval() -> float:
     try:
         return conf.OUTBOX_POLL_INTERVAL
     except Exception:
-        return DEFAULT_INTERVAL
+        return float(DEFAULTS["OUTBOX_POLL_INTERVAL"])
 
 
 def _close_if_obsolete() -> None:

@@ -16,7 +16,7 @@ from broker_ws.routing import websocket_application  # noqa: E402
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})
 
 # Everything loaded so far lives as long as the process: keep the garbage collector off it
-# (docs/deployment.md, "gc.freeze()"). rundemo freezes before importing this module too;
-# daphne and uvicorn started on their own (the benchmark's uvicorn server) only get this.
+# (docs/deployment.md, "gc.freeze()"). Every server imports this module before serving:
+# rundemo's, and daphne or uvicorn started on their own.
 gc.collect()
 gc.freeze()

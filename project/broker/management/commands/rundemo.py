@@ -7,15 +7,13 @@ separate ``manage.py ws_demo_feed`` work as well.
 
 Both servers get what DESIGN §4 measured they need: a listen backlog of
 4096 (daphne's default of 50 makes 1000 simultaneous connects take 13 s),
-no idle timeout, permessage-deflate off under uvicorn (it defeats encoding a
-frame once for every session), and ``gc.freeze()`` of everything loaded at
-start-up, which the collector would otherwise walk again and again while
-sessions wait for their quotes.
+no idle timeout and permessage-deflate off under uvicorn (it defeats encoding a
+frame once for every session). ``gc.freeze()`` of everything loaded at
+start-up is in ``project/asgi.py``, which both servers import before serving.
 """
 
 from __future__ import annotations
 
-import gc
 import threading
 from typing import Any
 
@@ -57,8 +55,6 @@ class Command(BaseCommand):
             f"admin http://{host}:{port}/admin/, {options['server']}, Ctrl-C stops)"
         )
         self.stdout.flush()
-        gc.collect()
-        gc.freeze()
         if options["server"] == "uvicorn":
             import uvicorn
 
