@@ -40,9 +40,28 @@ def revoke_user(user: Any, using: str | None = None) -> None:
     """
     alias = using or DEFAULT_DB_ALIAS
     user_id = _user_id(user)
-    row = Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
+    with transaction.atomic(using=alias):
+        row = Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
+        _prune_superseded(row, alias)
     payload = revocation_payload(user_id, row.revoked_at)
     transaction.on_commit(partial(_announce, payload), using=alias, robust=True)
+
+
+def _prune_superseded(row: Revocation, alias: str) -> None:
+    """Delete the user's earlier revocations that ``row`` makes redundant.
+
+    A token is refused when any revocation of its user is at or after its
+    ``iat`` (:func:`revoked_since`), so a revocation with a later or equal
+    ``revoked_at`` refuses everything an earlier one did, and server
+    processes that have not read the earlier row yet close the same
+    sessions when they read this one. Pruning here keeps the table at about
+    one row per revoked user without a retention horizon, which would have
+    to outlast the longest-lived token the host ever issues. Rows of other
+    transactions still open are invisible here and stay.
+    """
+    Revocation.objects.using(alias).filter(
+        user_id=row.user_id, id__lt=row.id, revoked_at__lte=row.revoked_at
+    ).delete()
 
 
 async def arevoke_user(user: Any) -> None:
