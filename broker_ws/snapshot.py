@@ -14,8 +14,10 @@ writers anyway), so no save of those logins can commit in between.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
+from django.core.exceptions import FieldDoesNotExist
 from django.db import transaction
 
 from broker_ws import bindings
@@ -40,6 +42,9 @@ def account_snapshot(logins: Sequence[str]) -> tuple[dict[str, int], list[str]]:
             if lookup is None or not wanted:
                 continue  # a callable login cannot be queried
             rows = binding.model._default_manager.filter(**{f"{lookup}__in": wanted})
+            joined = related_paths(binding)
+            if joined:
+                rows = rows.select_related(*joined)  # not one query per row for its login
             if binding.current:
                 rows = rows.filter(**binding.current)
             for instance in rows.order_by("pk"):
@@ -48,6 +53,35 @@ def account_snapshot(logins: Sequence[str]) -> tuple[dict[str, int], list[str]]:
                     login, (head, tail) = parts
                     encoded.append(join_account(head, seqs[login], tail))
     return seqs, encoded
+
+
+def related_paths(binding: bindings.Binding) -> list[str]:
+    """The forward relations that ``binding``'s attribute paths walk
+    (``account`` for ``account.login``), as ``select_related`` takes them.
+
+    Without them a snapshot reads each row's related object with a query of
+    its own. Paths through anything but a forward foreign key or one-to-one
+    field (a property, a reverse relation) stop at that point: those
+    attributes are read per row, as before.
+    """
+    paths: set[str] = set()
+    for accessor in (binding.login, *binding.fields):
+        if not isinstance(accessor, str) or "." not in accessor:
+            continue
+        model: Any = binding.model
+        walked: list[str] = []
+        for name in accessor.split(".")[:-1]:
+            try:
+                field = model._meta.get_field(name)
+            except FieldDoesNotExist:
+                break
+            if not (field.many_to_one or field.one_to_one) or field.auto_created:
+                break
+            walked.append(name)
+            model = field.related_model
+        if walked:
+            paths.add("__".join(walked))
+    return sorted(paths)
 
 
 def encode_snapshot(seqs: dict[str, int], frames: list[str]) -> bytes:

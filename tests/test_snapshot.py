@@ -106,3 +106,47 @@ async def test_snapshot_needs_a_valid_access_token(make_user: Any) -> None:
     for token in (None, alice.refresh):
         response = await database_sync_to_async(get_snapshot)(token)
         assert response.status_code == 401
+
+
+async def test_snapshot_queries_do_not_grow_with_the_rows(make_user: Any) -> None:
+    """The login path (``account.login``) is joined, not read per row: a login with
+    many open trades costs the same queries as one with a few."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    alice = await make_user("alice", ["1001"])
+
+    @database_sync_to_async
+    def queries_with_trades(count: int) -> int:
+        account = Account.objects.get(login="1001")
+        Trade.objects.filter(account=account).delete()
+        for i in range(count):
+            Trade.objects.create(
+                account=account,
+                ticket=500_000 + i,
+                symbol="EURUSD",
+                side="buy",
+                volume=Decimal("1"),
+                open_price=Decimal("1.1"),
+            )
+        with CaptureQueriesContext(connection) as captured:
+            assert get_snapshot(alice.token).status_code == 200
+        return len(captured.captured_queries)
+
+    assert await queries_with_trades(20) == await queries_with_trades(2)
+
+
+def test_related_paths_follow_forward_relations_only() -> None:
+    """``account.login`` joins ``account``; plain fields, callables and paths
+    through something that is not a forward relation join nothing."""
+    from broker_ws.bindings import Binding
+    from broker_ws.snapshot import related_paths
+
+    binding = Binding(
+        Trade,
+        "o",
+        "account.login",
+        ("ticket", "account.user.username", "account.no_such.x", lambda trade: trade.pk),
+    )
+    assert related_paths(binding) == ["account", "account__user"]
+    assert related_paths(Binding(Trade, "o", "ticket", ("symbol",))) == []
