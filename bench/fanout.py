@@ -640,7 +640,9 @@ def measure(server: str, sc: Scenario, env: Env, run_dir: Path, nprocs: int = 1)
             # Sampled in parallel without pausing the server (--nonblocking).
             spy = spawn(
                 [str(VENV_BIN / "py-spy"), "record", "--nonblocking", "--subprocesses",
-                 "--rate", "100", "--format", "raw", "--duration", str(int(args.duration)),
+                 "--rate", str(args.profile_rate), "--format", "raw",
+                 "--duration", str(int(args.duration)),
+                 *(["--gil"] if args.profile_gil else []),
                  "--pid", str(srv.pid), "--output", str(run_dir / "profile.txt")],
                 run_dir / "py-spy.err", stdout=subprocess.DEVNULL,
             )  # fmt: skip
@@ -1575,6 +1577,16 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true",
         help="sample the server with py-spy (pip install py-spy; perturbs the numbers)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile-rate", type=int, default=100, metavar="HZ",
+        help="py-spy's sampling rate in the measurement window (at (c)'s few frames a "
+        "second, 1000 gives enough samples)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile-gil", action="store_true",
+        help="sample only while the server's Python holds the GIL (py-spy --gil): its own "
+        "work, without the time it waits in epoll",
     )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DBs)")
     args = parser.parse_args()

@@ -4,18 +4,27 @@
     python bench/gcwatch.py manage.py rundemo ...   # like python manage.py rundemo ...
 
 Every collection that takes 10 ms or more is written to stderr as
-``GCPAUSE <epoch s> <generation> <ms> <collected>``.
+``GCPAUSE <epoch s> <generation> <ms> <collected>``. ``kill -USR1 <pid>``
+writes how many objects the collector tracks (the frozen ones apart), the
+collections so far and the seconds they took per generation, and the 30 most
+common types of the tracked objects, as ``GCTYPES`` lines: what a full
+collection walks.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
+import os
 import runpy
+import signal
 import sys
 import time
 from typing import Any
 
 _start = [0.0]
+#: Seconds spent in collections so far, per generation.
+_total = [0.0, 0.0, 0.0]
 
 
 def _callback(phase: str, info: dict[str, Any]) -> None:
@@ -23,6 +32,7 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
         _start[0] = time.perf_counter()
         return
     ms = (time.perf_counter() - _start[0]) * 1000.0
+    _total[info["generation"]] += ms / 1000.0
     if ms >= 10.0:
         sys.stderr.write(
             f"GCPAUSE {time.time():.3f} {info['generation']} {ms:.1f} {info['collected']}\n"
@@ -30,8 +40,27 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
         sys.stderr.flush()
 
 
+def _count_types(signum: int, frame: Any) -> None:
+    tracked = gc.get_objects()
+    counts = collections.Counter(type(obj).__qualname__ for obj in tracked)
+    spent = " ".join(f"{seconds:.3f}" for seconds in _total)
+    runs = " ".join(str(stats["collections"]) for stats in gc.get_stats())
+    lines = [
+        f"GCTYPES {time.time():.3f} tracked {len(tracked)} frozen {gc.get_freeze_count()}"
+        f" collections {runs} seconds {spent}"
+    ]
+    lines += [f"GCTYPES {count:8d} {name}" for name, count in counts.most_common(30)]
+    del tracked
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
 def main() -> None:
     gc.callbacks.append(_callback)
+    signal.signal(signal.SIGUSR1, _count_types)
+    threshold = os.environ.get("GCWATCH_THRESHOLD")
+    if threshold:  # an experiment: "700,10,10" is CPython's default
+        gc.set_threshold(*(int(part) for part in threshold.split(",")))
     args = sys.argv[1:]
     if args[:1] == ["-m"]:
         sys.argv = [args[1], *args[2:]]
