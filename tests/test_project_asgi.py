@@ -10,7 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_importing_the_asgi_module_freezes_the_start_up_heap_and_spaces_full_collections(tmp_path: Path) -> None:
+def test_asgi_module_freezes_the_start_up_heap_and_spaces_full_collections(
+    tmp_path: Path,
+) -> None:
     """Full garbage collections stop every session of the process; what was loaded at
     start-up (Django, the apps) is frozen out of them, as docs/deployment.md advises."""
     env = {
