@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.utils import timezone
 
 from broker_ws import groups
@@ -40,28 +40,45 @@ def revoke_user(user: Any, using: str | None = None) -> None:
     """
     alias = using or DEFAULT_DB_ALIAS
     user_id = _user_id(user)
-    with transaction.atomic(using=alias):
-        row = Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
-        _prune_superseded(row, alias)
+    row = Revocation.objects.using(alias).create(user_id=user_id, revoked_at=timezone.now())
     payload = revocation_payload(user_id, row.revoked_at)
     transaction.on_commit(partial(_announce, payload), using=alias, robust=True)
+    transaction.on_commit(
+        partial(_prune_superseded, user_id, row.id, row.revoked_at, alias),
+        using=alias,
+        robust=True,
+    )
 
 
-def _prune_superseded(row: Revocation, alias: str) -> None:
-    """Delete the user's earlier revocations that ``row`` makes redundant.
+def _prune_superseded(user_id: str, row_id: int, revoked_at: dt.datetime, alias: str) -> None:
+    """Delete the user's earlier revocations that the committed row ``row_id`` supersedes.
 
     A token is refused when any revocation of its user is at or after its
     ``iat`` (:func:`revoked_since`), so a revocation with a later or equal
     ``revoked_at`` refuses everything an earlier one did, and server
     processes that have not read the earlier row yet close the same
-    sessions when they read this one. Pruning here keeps the table at about
-    one row per revoked user without a retention horizon, which would have
-    to outlast the longest-lived token the host ever issues. Rows of other
-    transactions still open are invisible here and stay.
+    sessions when they read this one. Pruning keeps the table at about one
+    row per revoked user without a retention horizon, which would have to
+    outlast the longest-lived token the host ever issues.
+
+    Best effort, after the revoking transaction committed and in a short
+    transaction of its own: rows another transaction holds are skipped
+    (``SKIP LOCKED`` where the database has it), so a revocation never waits
+    for, or deadlocks with, another one. What is left is pruned by the
+    user's next revocation.
     """
-    Revocation.objects.using(alias).filter(
-        user_id=row.user_id, id__lt=row.id, revoked_at__lte=row.revoked_at
-    ).delete()
+    try:
+        with transaction.atomic(using=alias):
+            earlier = Revocation.objects.using(alias).filter(
+                user_id=user_id, id__lt=row_id, revoked_at__lte=revoked_at
+            )
+            if connections[alias].features.has_select_for_update_skip_locked:
+                earlier = earlier.select_for_update(skip_locked=True)
+            ids = list(earlier.values_list("id", flat=True))
+            if ids:
+                Revocation.objects.using(alias).filter(id__in=ids).delete()
+    except DatabaseError as exc:
+        logger.warning("broker_ws: pruning earlier revocations failed (%s)", exc)
 
 
 async def arevoke_user(user: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from django.core.exceptions import FieldDoesNotExist
-from django.db import transaction
+from django.db import router, transaction
 
 from broker_ws import bindings
 from broker_ws.frames import join_account
@@ -60,14 +60,20 @@ def related_paths(binding: bindings.Binding) -> list[str]:
     (``account`` for ``account.login``), as ``select_related`` takes them.
 
     Without them a snapshot reads each row's related object with a query of
-    its own. Paths through anything but a forward foreign key or one-to-one
-    field (a property, a reverse relation) stop at that point: those
-    attributes are read per row, as before.
+    its own. A path is joined only as far as it goes through concrete
+    foreign keys and one-to-one fields whose model is read from the same
+    database; it stops at anything else (a property, a reverse or generic
+    relation), whose attributes are read per row, as before. Field paths
+    stop at a foreign key without a database constraint: the inner join
+    would drop a row whose target is missing, where reading it per row fails
+    loudly. (The login path is joined by the snapshot's filter anyway.)
     """
+    database = router.db_for_read(binding.model)
     paths: set[str] = set()
     for accessor in (binding.login, *binding.fields):
         if not isinstance(accessor, str) or "." not in accessor:
             continue
+        is_login = accessor is binding.login
         model: Any = binding.model
         walked: list[str] = []
         for name in accessor.split(".")[:-1]:
@@ -75,10 +81,20 @@ def related_paths(binding: bindings.Binding) -> list[str]:
                 field = model._meta.get_field(name)
             except FieldDoesNotExist:
                 break
-            if not (field.many_to_one or field.one_to_one) or field.auto_created:
+            target = getattr(field, "related_model", None)
+            if (
+                not getattr(field, "concrete", False)
+                or not (field.many_to_one or field.one_to_one)
+                or field.auto_created
+                or target is None
+                or isinstance(target, str)
+                or name != field.name  # "account_id.x": a column, not the relation
+                or router.db_for_read(target) != database
+                or not (is_login or getattr(field, "db_constraint", True))
+            ):
                 break
             walked.append(name)
-            model = field.related_model
+            model = target
         if walked:
             paths.add("__".join(walked))
     return sorted(paths)

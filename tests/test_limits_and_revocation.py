@@ -169,29 +169,39 @@ async def test_refresh_token_issued_before_a_revocation_is_refused(make_user: An
 
 
 def test_a_revocation_prunes_the_users_earlier_ones() -> None:
-    """The revoking transaction deletes the user's rows it supersedes, so the table
-    keeps about one row per revoked user: tokens of every earlier revocation are
-    still refused, another user's rows and a row dated later (clock skew between
-    hosts) are kept."""
+    """Once the revoking transaction commits, the user's rows it supersedes are deleted,
+    so the table keeps about one row per revoked user; tokens of every earlier
+    revocation are still refused. Another user's rows are kept."""
     from broker_ws.revocation import revoke_user, revoked_since
 
     long_ago = timezone.now() - dt.timedelta(days=30)
-    later = timezone.now() + dt.timedelta(hours=1)
     Revocation.objects.create(user_id="7", revoked_at=long_ago)
-    skewed = Revocation.objects.create(user_id="7", revoked_at=later)
     other = Revocation.objects.create(user_id="8", revoked_at=long_ago)
     for _ in range(3):
         revoke_user("7")
     newest = Revocation.objects.filter(user_id="7").order_by("id").last()
     assert newest is not None
-    assert set(Revocation.objects.values_list("id", flat=True)) == {skewed.id, other.id, newest.id}
+    assert set(Revocation.objects.values_list("id", flat=True)) == {other.id, newest.id}
     assert revoked_since("7", long_ago - dt.timedelta(seconds=1))
     assert revoked_since("7", newest.revoked_at)
     assert revoked_since("8", long_ago)
 
 
-def test_a_rolled_back_revocation_prunes_nothing() -> None:
-    """Pruning rides in the revoking transaction: rolled back, the old row stays."""
+def test_a_revocation_keeps_a_later_dated_row() -> None:
+    """A row dated after the new revocation (clocks of two hosts apart) refuses more
+    than it: it stays."""
+    from broker_ws.revocation import revoke_user
+
+    skewed = Revocation.objects.create(
+        user_id="7", revoked_at=timezone.now() + dt.timedelta(hours=1)
+    )
+    revoke_user("7")
+    assert Revocation.objects.filter(user_id="7").count() == 2
+    assert Revocation.objects.filter(id=skewed.id).exists()
+
+
+def test_pruning_waits_for_the_commit_of_the_revoking_transaction() -> None:
+    """Inside a transaction nothing is pruned until it commits; rolled back, nothing is."""
     from django.db import transaction
 
     from broker_ws.revocation import revoke_user
@@ -201,3 +211,7 @@ def test_a_rolled_back_revocation_prunes_nothing() -> None:
         revoke_user("7")
         raise RuntimeError("rolled back")
     assert list(Revocation.objects.values_list("id", flat=True)) == [old.id]
+    with transaction.atomic():
+        revoke_user("7")
+        assert Revocation.objects.filter(id=old.id).exists()
+    assert not Revocation.objects.filter(id=old.id).exists()

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
+from django.test.utils import isolate_apps
 
 from project.broker.models import Account, PriceAlert, Trade
 
@@ -137,8 +138,9 @@ async def test_snapshot_queries_do_not_grow_with_the_rows(make_user: Any) -> Non
 
 
 def test_related_paths_follow_forward_relations_only() -> None:
-    """``account.login`` joins ``account``; plain fields, callables and paths
-    through something that is not a forward relation join nothing."""
+    """``account.login`` joins ``account``; plain fields, callables and paths through
+    something that is not a concrete forward relation of the same database join
+    nothing, so ``select_related`` never sees a name it would refuse."""
     from broker_ws.bindings import Binding
     from broker_ws.snapshot import related_paths
 
@@ -150,3 +152,36 @@ def test_related_paths_follow_forward_relations_only() -> None:
     )
     assert related_paths(binding) == ["account", "account__user"]
     assert related_paths(Binding(Trade, "o", "ticket", ("symbol",))) == []
+    # A reverse relation and a column name ("account_id") are not joined.
+    assert related_paths(Binding(Account, "b", "login", ("trades.count", "user_id.real"))) == []
+
+
+@isolate_apps("project.broker")
+def test_related_paths_skip_generic_and_unconstrained_relations() -> None:
+    """A generic foreign key (``select_related`` refuses it) is never joined; a field
+    path through a foreign key without a database constraint is not joined either
+    (an inner join would drop the row whose target is missing)."""
+    from django.contrib.contenttypes.fields import GenericForeignKey
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import models
+
+    from broker_ws.bindings import Binding
+    from broker_ws.snapshot import related_paths
+
+    class Position(models.Model):
+        account = models.ForeignKey(Account, on_delete=models.CASCADE)
+        loose = models.ForeignKey(
+            Account, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        )
+        kind = models.ForeignKey(ContentType, on_delete=models.CASCADE)
+        target_id = models.PositiveIntegerField()
+        target = GenericForeignKey("kind", "target_id")
+
+        class Meta:
+            app_label = "broker"
+
+    binding = Binding(
+        Position, "o", "account.login", ("target.code", "target.x.y", "loose.name")
+    )
+    assert related_paths(binding) == ["account"]
+    assert related_paths(Binding(Position, "o", "loose.login", ())) == ["loose"]
