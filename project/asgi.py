@@ -20,9 +20,3 @@ application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocke
 # rundemo's, and daphne or uvicorn started on their own.
 gc.collect()
 gc.freeze()
-# What a server allocates later is mostly sessions, which live for minutes or hours and
-# are freed by reference counting when they close. A full collection walks every one of
-# them (80-90 ms with 1000 sessions under daphne) and in the fan-out benchmark found
-# nothing to free; CPython's default (700, 10, 10) ran one every 15-20 s there. Young
-# collections stay as frequent as by default; full ones come at most a tenth as often.
-gc.set_threshold(700, 10, 100)

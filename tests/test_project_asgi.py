@@ -10,9 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_asgi_module_freezes_the_start_up_heap_and_spaces_full_collections(
-    tmp_path: Path,
-) -> None:
+def test_importing_the_asgi_module_freezes_the_start_up_heap(tmp_path: Path) -> None:
     """Full garbage collections stop every session of the process; what was loaded at
     start-up (Django, the apps) is frozen out of them, as docs/deployment.md advises."""
     env = {
@@ -21,10 +19,7 @@ def test_asgi_module_freezes_the_start_up_heap_and_spaces_full_collections(
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
     }
     env.pop("REDIS_URL", None)
-    script = (
-        "import gc, project.asgi;"
-        "print(gc.get_freeze_count(), len(gc.get_objects()), *gc.get_threshold())"
-    )
+    script = "import gc, project.asgi; print(gc.get_freeze_count(), len(gc.get_objects()))"
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -34,8 +29,6 @@ def test_asgi_module_freezes_the_start_up_heap_and_spaces_full_collections(
         timeout=60,
         check=True,
     )
-    frozen, collected, young, middle, full = (int(n) for n in done.stdout.split())
+    frozen, collected = (int(n) for n in done.stdout.split())
     assert frozen > 50_000, done.stdout  # Django and the apps: ~90 000 objects
     assert collected < frozen // 10, done.stdout  # a collection walks only what came later
-    # Full collections, which walk every session, a tenth as often as by default.
-    assert (young, middle, full) == (700, 10, 100), done.stdout
