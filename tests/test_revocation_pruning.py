@@ -15,7 +15,7 @@ COUNT_ALICE = (
     "from django.contrib.auth import get_user_model;"
     "from broker_ws.models import Revocation;"
     "uid = str(get_user_model().objects.get(username='alice').pk);"
-    "print(uid, Revocation.objects.filter(user_id=uid).count())"
+    "print('ROWS', uid, Revocation.objects.filter(user_id=uid).count())"
 )
 
 
@@ -26,7 +26,9 @@ def postgres(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def alice_rows(dep: Deployment) -> tuple[str, int]:
-    user_id, count = dep.shell(COUNT_ALICE).split()
+    """Alice's user id and how many revocation rows she has."""
+    line = next(line for line in dep.shell(COUNT_ALICE).splitlines() if line.startswith("ROWS "))
+    _, user_id, count = line.split()
     return user_id, int(count)
 
 
