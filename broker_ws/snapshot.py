@@ -70,10 +70,10 @@ def related_paths(binding: bindings.Binding) -> list[str]:
     """
     database = router.db_for_read(binding.model)
     paths: set[str] = set()
-    for accessor in (binding.login, *binding.fields):
+    accessors = [(binding.login, True), *((path, False) for path in binding.fields)]
+    for accessor, is_login in accessors:
         if not isinstance(accessor, str) or "." not in accessor:
             continue
-        is_login = accessor is binding.login
         model: Any = binding.model
         walked: list[str] = []
         for name in accessor.split(".")[:-1]:
