@@ -180,8 +180,6 @@ def test_related_paths_skip_generic_and_unconstrained_relations() -> None:
         class Meta:
             app_label = "broker"
 
-    binding = Binding(
-        Position, "o", "account.login", ("target.code", "target.x.y", "loose.name")
-    )
+    binding = Binding(Position, "o", "account.login", ("target.code", "target.x.y", "loose.name"))
     assert related_paths(binding) == ["account"]
     assert related_paths(Binding(Position, "o", "loose.login", ())) == ["loose"]
