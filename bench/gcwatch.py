@@ -8,7 +8,9 @@ Every collection that takes 10 ms or more is written to stderr as
 writes how many objects the collector tracks (the frozen ones apart), the
 collections so far and the seconds they took per generation, and the 30 most
 common types of the tracked objects, as ``GCTYPES`` lines: what a full
-collection walks.
+collection walks. ``kill -USR2`` remembers the objects of the oldest
+generation; the next ``kill -USR2`` writes, as ``GCPROMOTED`` lines, the types
+of those that entered it since: what makes full collections come sooner.
 """
 
 from __future__ import annotations
@@ -55,9 +57,35 @@ def _count_types(signum: int, frame: Any) -> None:
     sys.stderr.flush()
 
 
+_old_ids: list[set[int]] = []
+
+
+def _promoted(signum: int, frame: Any) -> None:
+    """First signal: remember the oldest generation; next: the types that entered it since."""
+    oldest = gc.get_objects(generation=2)
+    ids = {id(obj) for obj in oldest}
+    if _old_ids:
+        new = [obj for obj in oldest if id(obj) not in _old_ids[0]]
+        counts = collections.Counter(type(obj).__qualname__ for obj in new)
+        lines = [f"GCPROMOTED {time.time():.3f} new in gen2 {len(new)} of {len(oldest)}"]
+        lines += [f"GCPROMOTED {count:8d} {name}" for name, count in counts.most_common(40)]
+        sample: dict[str, Any] = {}
+        for obj in new:
+            sample.setdefault(type(obj).__qualname__, obj)
+        for name, _count in counts.most_common(12):
+            lines.append(f"GCPROMOTED e.g. {name}: {repr(sample[name])[:300]}")
+        del new, sample
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        _old_ids.clear()
+    _old_ids.append(ids)
+    del oldest
+
+
 def main() -> None:
     gc.callbacks.append(_callback)
     signal.signal(signal.SIGUSR1, _count_types)
+    signal.signal(signal.SIGUSR2, _promoted)
     threshold = os.environ.get("GCWATCH_THRESHOLD")
     if threshold:  # an experiment: "700,10,10" is CPython 3.11's default
         gc.set_threshold(*(int(part) for part in threshold.split(",")))
