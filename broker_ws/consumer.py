@@ -32,6 +32,7 @@ from broker_ws.exceptions import AuthenticationError, ProtocolError
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
 from broker_ws.outgoing import Outgoing
+from broker_ws.pings import PingPhase, ping_phase
 from broker_ws.protocol import CloseCode, ErrorCode
 from broker_ws.ratelimit import TokenBucket
 from broker_ws.resume import missed_frames
@@ -58,11 +59,14 @@ class StreamConsumer(AsyncConsumer):
         # Per login, the last seq the client already has (from its resume).
         self.seen: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._ping_phase: PingPhase | None = None
         try:
             while True:
                 message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
+                    if self._ping_phase is not None:
+                        self._ping_phase.restore()  # daphne restarted its ping clock
                     await self._on_receive(message)
                 elif kind == "websocket.connect":
                     await self._on_connect()
@@ -81,6 +85,7 @@ class StreamConsumer(AsyncConsumer):
             await self.base_send({"type": "websocket.close"})
             return
         await self.base_send({"type": "websocket.accept"})
+        self._ping_phase = ping_phase(self.base_send)
         self._set_timer(conf.AUTH_TIMEOUT, CloseCode.AUTH_TIMEOUT)
 
     def _set_timer(self, delay: float, code: CloseCode) -> None:

@@ -73,12 +73,22 @@ def direct_writer(send: Any) -> Writer | None:
     return _daphne_writer(send) or _uvicorn_writer(send)
 
 
-def _daphne_writer(send: Any) -> Writer | None:
-    """daphne passes ``partial(server.handle_reply, protocol)`` as the ASGI
-    ``send``; its protocol is autobahn's ``WebSocketServerProtocol``."""
+def daphne_protocol(send: Any) -> Any | None:
+    """The daphne protocol of this session, or None under any other server.
+
+    daphne passes ``partial(server.handle_reply, protocol)`` as the ASGI
+    ``send``; its protocol is autobahn's ``WebSocketServerProtocol``.
+    """
     args = getattr(send, "args", None)
     protocol = args[0] if args else None
     if not (callable(getattr(protocol, "sendMessage", None)) and hasattr(protocol, "serverSend")):
+        return None
+    return protocol
+
+
+def _daphne_writer(send: Any) -> Writer | None:
+    protocol = daphne_protocol(send)
+    if protocol is None:
         return None
     factory = getattr(protocol, "factory", None)
     framed_ok = (
