@@ -73,7 +73,7 @@ async def test_sessions_that_speak_together_are_not_all_pinged_together(
         dep.servers.append(server)
         wait_for_port(port, server)
         delays = await asyncio.gather(*(first_ping_after_speaking(port) for _ in range(SESSIONS)))
-    assert all(delay <= PING_INTERVAL + 2.5 for delay in delays), delays
+    assert all(delay <= PING_INTERVAL + 5 for delay in delays), delays  # pings still come
     assert min(delays) < PING_INTERVAL - 0.5, sorted(delays)
 
 
