@@ -872,7 +872,7 @@ def scaling_step(rig: Rig, rate: float, env: Env, run_dir: Path) -> dict[str, An
     step: dict[str, Any] = {"rate": rate, "holds": False, "usable": False, "reasons": []}
     t_start = time.time() + 0.3
     t0 = t_start + args.warmup
-    t1 = t0 + args.duration
+    t1 = t0 + args.s_duration
     assert rig.pub.stdin is not None
     rig.pub.stdin.write(f"GO {t_start!r} {t0!r} {t1!r} {t1 + 0.05!r} {rate!r}\n")
     rig.pub.stdin.flush()
@@ -912,7 +912,7 @@ def scaling_step(rig: Rig, rate: float, env: Env, run_dir: Path) -> dict[str, An
         (cpu["machine"] - cpu["server"] - cpu["loadgen"] - cpu["publisher"] - cpu["redis"]) / wall,
     )
 
-    pub_result = rig.pub_reader.expect("RESULT", args.warmup + args.duration + 60)
+    pub_result = rig.pub_reader.expect("RESULT", args.warmup + args.s_duration + 60)
     if pub_result is None:
         step["error"] = "publisher did not report (see publisher.err)"
         step["reasons"].append(step["error"])
@@ -1535,7 +1535,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
-    parser.add_argument("--duration", type=float, default=10.0, help="measurement window, s")
+    parser.add_argument(
+        "--duration", type=float, default=20.0,
+        help="measurement window of a, b, c: 20 s, the servers' ping interval, so that "
+        "every window holds one keepalive ping per session whichever server it measures",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=float, default=2.0, help="publishing before the window, s")
     parser.add_argument("--drain", type=float, default=5.0, help="max wait for late frames, s")
     parser.add_argument("--users", type=int, default=500, help="bench users = logins")
@@ -1548,6 +1552,7 @@ def main() -> None:
     parser.add_argument("--s-start-rate", type=float, default=10.0, help="first rate of (s), q/s")
     parser.add_argument("--s-factor", type=float, default=1.5, help="rate step factor in (s)")
     parser.add_argument("--s-max-rate", type=float, default=1000.0, help="rate cap in (s), q/s")
+    parser.add_argument("--s-duration", type=float, default=10.0, help="window per step of (s)")
     parser.add_argument("--s-p99-ms", type=float, default=150.0, help="p99 a step of (s) must hold")
     parser.add_argument(
         "--s-refine", type=int, default=1,
