@@ -25,7 +25,6 @@ import gc
 import json
 import os
 import runpy
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,28 +38,19 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port, wait_for_port  # noqa: E402
+
 GROUP_GAP = 0.5  # s: daphne's passes are 2 s apart
 CONNECTS_IN_FLIGHT = 200
 
 Session = tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientProtocol]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def open_session(port: int, gate: asyncio.Semaphore) -> Session:
     async with gate:
-        for _ in range(100):
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        else:
-            raise SystemExit(f"nothing listens on port {port}")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"))
         client.send_request(client.connect())
         while True:
@@ -152,7 +142,7 @@ def measure(spread: bool, sessions: int, duration: float, workdir: Path) -> tupl
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
         try:
-            time.sleep(1.0)
+            wait_for_port(port, server)
             start, pings = asyncio.run(drive(port, sessions, duration))
         finally:
             server.terminate()
@@ -172,7 +162,6 @@ def measure(spread: bool, sessions: int, duration: float, workdir: Path) -> tupl
 
 def serve(spread: str, argv: list[str]) -> None:
     """Run the server (``argv``: manage.py rundemo ...) timing daphne's pings passes."""
-    sys.path.insert(0, str(ROOT))
     import daphne.server
     import daphne.ws_protocol
 
