@@ -9,6 +9,12 @@ then loaded and checked by simplejwt's own ``JWTAuthentication.get_user``
 plus an ``is_active`` check of our own because the host may have turned
 simplejwt's off, and a check that the user was not revoked after the token
 was issued (:mod:`broker_ws.revocation`).
+
+A database that fails meanwhile is not the client's fault: it raises
+:class:`~broker_ws.exceptions.Unavailable` (close 4008, reconnect after a
+back-off), never :class:`~broker_ws.exceptions.AuthenticationError` (4001,
+do not reconnect with that token), and its driver's text, which names the
+database host and port, stays in the server log.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import Error as DatabaseError
 from django.utils.module_loading import import_string
 
 from broker_ws.conf import conf
-from broker_ws.exceptions import AuthenticationError, ConfigurationError
+from broker_ws.exceptions import AuthenticationError, ConfigurationError, Unavailable
 from broker_ws.revocation import revoked_since
 
 logger = logging.getLogger(__name__)
@@ -66,22 +73,37 @@ def get_login_resolver() -> LoginResolver:
 
 def validate_access_token(raw: str) -> Any:
     """Return the simplejwt ``AccessToken`` for ``raw`` or raise AuthenticationError."""
+    from rest_framework_simplejwt.exceptions import TokenError
     from rest_framework_simplejwt.tokens import AccessToken
 
+    if not raw:
+        raise AuthenticationError("authorization must be a non-empty string")
     try:
         return AccessToken(raw)  # type: ignore[arg-type]
+    except TokenError as exc:
+        raise AuthenticationError(str(exc) or "Token is invalid") from exc
+    except DatabaseError as exc:  # a host's token class that looks the token up
+        raise Unavailable("the database could not be read") from exc
     except Exception as exc:
-        # TokenError for the expected cases; PyJWT may raise others on garbage.
-        raise AuthenticationError(str(exc) or "token is invalid") from exc
+        # PyJWT may raise others on garbage; their text is not for the client.
+        raise AuthenticationError("Token is invalid") from exc
 
 
 def _load_identity(token: Any) -> Identity:
+    try:
+        return _identity_of(token)
+    except DatabaseError as exc:
+        raise Unavailable("the database could not be read") from exc
+
+
+def _identity_of(token: Any) -> Identity:
+    from rest_framework.exceptions import AuthenticationFailed
     from rest_framework_simplejwt.authentication import JWTAuthentication
 
     try:
         user = JWTAuthentication().get_user(token)
-    except Exception as exc:
-        raise AuthenticationError(str(getattr(exc, "detail", exc))) from exc
+    except AuthenticationFailed as exc:
+        raise AuthenticationError(_detail_text(exc.detail)) from exc
     if not getattr(user, "is_active", False):
         raise AuthenticationError("user is inactive")
     issued = token.get("iat")
@@ -100,7 +122,19 @@ def _load_identity(token: Any) -> Identity:
     )
 
 
+def _detail_text(detail: Any) -> str:
+    """The human text of a DRF exception's detail (simplejwt's is a dict)."""
+    if isinstance(detail, dict):
+        detail = detail.get("detail", "")
+    return str(detail) or "Token is invalid"
+
+
 async def authenticate(raw: str) -> Identity:
-    """Validate ``raw`` as an access token and resolve its user's logins."""
+    """Validate ``raw`` as an access token and resolve its user's logins.
+
+    Raises:
+        AuthenticationError: the token or its user is refused.
+        Unavailable: the database failed while checking it.
+    """
     token = validate_access_token(raw)
     return await database_sync_to_async(_load_identity)(token)

@@ -12,6 +12,14 @@ also keeps an idle session small. Database work happens only in
 Every send goes through :class:`~broker_ws.outgoing.Outgoing`, which keeps
 per-session order (while a request is being answered, later frames wait and
 follow) and applies the slow-consumer policy.
+
+Authorization is a small state machine: *unauthorized* (within
+``AUTH_TIMEOUT`` of the open), *authorizing* (a token is being checked),
+*authorized*, or *closed*. Whatever ends a session (the client leaving, a
+timeout, a failing dependency) moves it to *closed* at once, and a session
+that is closed while its authorization is in flight is never registered
+afterwards. A failing database or bus is answered with ``unavailable`` and
+4008 (reconnect after a back-off), never with ``auth_failed``/4001.
 """
 
 from __future__ import annotations
@@ -23,12 +31,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 from channels.consumer import AsyncConsumer
+from django.db import Error as DatabaseError
 
 from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
 from broker_ws.direct_write import EncodedFrame
-from broker_ws.exceptions import AuthenticationError, ProtocolError
+from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
 from broker_ws.outgoing import Outgoing
@@ -41,6 +50,12 @@ from broker_ws.symbols import split_symbols
 logger = logging.getLogger(__name__)
 
 ROOT_PATHS = frozenset({"", "/"})
+
+#: The reply to a request the server cannot serve because a dependency failed;
+#: what failed stays in the server's log.
+_UNAVAILABLE_REPLY = frames.error(
+    ErrorCode.UNAVAILABLE, "the server is temporarily unavailable; reconnect after a back-off"
+)
 
 
 class StreamConsumer(AsyncConsumer):
@@ -60,6 +75,9 @@ class StreamConsumer(AsyncConsumer):
         self.seen: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._ping_phase: PingPhase | None = None
+        self._authorizing = False
+        #: Tasks of this session (closes), referenced until done.
+        self._tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 message = await receive()
@@ -95,7 +113,18 @@ class StreamConsumer(AsyncConsumer):
         self._timer = loop.call_later(max(delay, 0.0), self._close_soon, code)
 
     def _close_soon(self, code: CloseCode) -> None:
-        asyncio.get_running_loop().create_task(self.close(code))
+        if code == CloseCode.AUTH_TIMEOUT and self._authorizing:
+            # The client did send its token; the server could not check it in time.
+            closing = self._close_unavailable()
+        else:
+            closing = self.close(code)
+        task = asyncio.get_running_loop().create_task(closing)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_unavailable(self) -> None:
+        await self.out.send_last(_UNAVAILABLE_REPLY)  # ahead of the held replies
+        await self.close(CloseCode.UNAVAILABLE)
 
     async def close(self, code: CloseCode) -> None:
         """Close the session with a documented code and leave the hub."""
@@ -200,59 +229,117 @@ class StreamConsumer(AsyncConsumer):
                 await self._unsubscribe(command)
         except ProtocolError as exc:
             await self._error(exc.code, exc.message, **exc.extra)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this session's own task is being cancelled
+            # A cancellation that is not ours must not end this session silently.
+            logger.error("broker_ws: a shared task was cancelled under a client message")
+            await self._error(ErrorCode.INTERNAL_ERROR, "the server could not handle this message")
         except Exception:
             # A bug of ours must not cost the client its session (nor a 1011).
             logger.exception("broker_ws: failed to handle a client message")
             await self._error(ErrorCode.INTERNAL_ERROR, "the server could not handle this message")
 
     async def _authorize(self, command: protocol.Authorize) -> None:
+        first = self.identity is None
+        self._authorizing = first
         try:
             identity = await authenticate(command.token)
         except AuthenticationError as exc:
             metrics.AUTH_FAILURES.inc()
             await self._error(ErrorCode.AUTH_FAILED, str(exc))
-            if self.identity is None:
+            if first:
                 await self.close(CloseCode.AUTH_FAILED)
             return
-        if self.identity is not None and identity.user_id != self.identity.user_id:
-            await self._error(ErrorCode.USER_MISMATCH, "a session cannot change its user")
+        except Unavailable as exc:
+            await self._unavailable(exc, close=first)
             return
-        refresh = self.identity is not None
-        if self.identity is not None:
-            # In-band refresh: same user, new expiry; logins stay those the
-            # session was opened with, and a resume is not replayed again.
-            identity = Identity(
-                identity.user_id,
-                identity.username,
-                self.identity.logins,
-                identity.expires_ms,
-                identity.issued_at,
-            )
+        finally:
+            self._authorizing = False
+        if self.closed:
+            return
+        if not first:
+            await self._refresh(identity)
+            return
+        self._authorizing = True
+        try:
+            await self._register(identity, command.resume)
+        except Exception:
+            logger.exception("broker_ws: authorizing a session failed")
+            await self._error(ErrorCode.INTERNAL_ERROR, "the server could not authorize you")
+            await self.close(CloseCode.UNAVAILABLE)
+        finally:
+            self._authorizing = False
+
+    async def _register(self, identity: Identity, resume: dict[str, int] | None) -> None:
+        """Take the session's slots in the hub, then answer ``authorized`` (and the
+        resume) before any live frame of its logins."""
         async with self.out.answering() as replies:
-            hub = await self._get_hub()
-            limit = conf.MAX_SESSIONS_PER_LOGIN
-            crowded = [] if refresh else [x for x in identity.logins if hub.sessions_of(x) >= limit]
-            if crowded:
+            try:
+                hub = await self._get_hub()
+                seqs = await hub.add_session(self, identity.user_id, identity.logins)
+            except TooManySessions as exc:
+                limit = conf.MAX_SESSIONS_PER_LOGIN
                 replies.append(
                     frames.error(
                         ErrorCode.TOO_MANY_SESSIONS,
                         f"at most {limit} sessions per login on this server",
-                        logins=crowded,
+                        logins=exc.logins,
                     )
                 )
                 self._close_soon(CloseCode.TOO_MANY_SESSIONS)
                 return
-            seqs = await hub.add_session(self, identity.user_id, identity.logins)
-            if not refresh:
-                metrics.AUTHENTICATED.inc()
+            except Unavailable as exc:
+                logger.warning("broker_ws: cannot authorize a session now (%s)", exc)
+                replies.append(_UNAVAILABLE_REPLY)
+                self._close_soon(CloseCode.UNAVAILABLE)
+                return
+            if seqs is None:
+                return  # closed meanwhile: the hub did not register it
+            metrics.AUTHENTICATED.inc()
             self.identity = identity
+            replay: list[str] = []
+            if resume:
+                try:
+                    replay, self.seen = await missed_frames(resume, seqs)
+                except DatabaseError as exc:
+                    logger.warning("broker_ws: cannot read the history for a resume (%s)", exc)
+                    replies.append(_UNAVAILABLE_REPLY)
+                    self._close_soon(CloseCode.UNAVAILABLE)
+                    return
             replies.append(
                 frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs)
             )
-            if command.resume and not refresh:
-                replay, self.seen = await missed_frames(command.resume, seqs)
-                replies.extend(replay)
+            replies.extend(replay)
+        if not self.closed:
+            self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
+
+    async def _refresh(self, identity: Identity) -> None:
+        """In-band refresh: same user, new expiry; logins stay those the session was
+        opened with, and a resume is not replayed again."""
+        assert self.identity is not None
+        if identity.user_id != self.identity.user_id:
+            await self._error(ErrorCode.USER_MISMATCH, "a session cannot change its user")
+            return
+        self.identity = Identity(
+            identity.user_id,
+            identity.username,
+            self.identity.logins,
+            identity.expires_ms,
+            identity.issued_at,
+        )
+        seqs = self.hub.seqs_of(self.identity.logins) if self.hub is not None else {}
+        await self.push(
+            frames.authorized(identity.username, self.identity.logins, identity.expires_ms, seqs)
+        )
         self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
+
+    async def _unavailable(self, exc: Exception, *, close: bool) -> None:
+        logger.warning("broker_ws: cannot check a token now (%s)", exc)
+        await self.push(_UNAVAILABLE_REPLY)
+        if close:
+            await self.close(CloseCode.UNAVAILABLE)
 
     async def _get_hub(self) -> Hub:
         if self.hub is None:
@@ -268,6 +355,8 @@ class StreamConsumer(AsyncConsumer):
         async with self.out.answering() as replies:
             hub = await self._get_hub()
             snapshot = await hub.add_quotes(self, new)
+            if self.closed:
+                return  # the hub did not register a closed session
             self.symbols.update(new)
             metrics.SUBSCRIPTIONS.inc(len(new))
             replies.append(frames.control("subscribed", [s for s in accepted if s not in over]))

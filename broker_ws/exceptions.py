@@ -5,6 +5,9 @@
     BrokerWsError
      ├── ProtocolError        a client message broke protocol v1 (error reply)
      ├── AuthenticationError  a token or its user was refused (close 4001)
+     ├── Unavailable          a database or the bus failed while serving a client
+     │                        (close 4008: temporary, reconnect after a back-off)
+     ├── TooManySessions      a login has no session slot left here (close 4007)
      └── ConfigurationError   BROKER_WS names something that cannot be used
 """
 
@@ -29,6 +32,19 @@ class ProtocolError(BrokerWsError):
 
 class AuthenticationError(BrokerWsError):
     """A token, or the user behind it, was refused."""
+
+
+class Unavailable(BrokerWsError):
+    """A dependency (the database, the bus) failed or was too slow: not the client's
+    fault; the message given to clients never carries the dependency's own text."""
+
+
+class TooManySessions(BrokerWsError):
+    """Every session slot of these logins on this process is taken."""
+
+    def __init__(self, logins: list[str]) -> None:
+        super().__init__(f"no session slot left for {logins}")
+        self.logins = logins
 
 
 class ConfigurationError(BrokerWsError):

@@ -23,16 +23,19 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from channels.db import database_sync_to_async
+from django.db import Error as DatabaseError  # InterfaceError is not a DatabaseError
 
 from broker_ws import broadcasts, groups, metrics, outbox, poller, tails
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
+from broker_ws.conf import conf
 from broker_ws.direct_write import EncodedFrame
+from broker_ws.exceptions import TooManySessions, Unavailable
 from broker_ws.revocation import parse_revocation, revocation_payload
 
 logger = logging.getLogger(__name__)
@@ -40,9 +43,20 @@ logger = logging.getLogger(__name__)
 #: Due outbox events whose frames could not be read, kept to ask for again.
 MAX_UNFETCHED = 10_000
 
+#: How long a gap fill keeps a login's later frames waiting while the outbox
+#: cannot be read (seconds); after that they are delivered with the gap, which
+#: the client sees in ``seq`` and reconciles (resume or REST).
+GAP_FILL_PATIENCE = 5.0
+GAP_FILL_RETRY = 0.5
+
+T = TypeVar("T")
+
 
 class Session(Protocol):
     """What the hub needs from a connected session."""
+
+    #: True once the session is closed or closing: it is then never registered.
+    closed: bool
 
     async def push(self, text: str) -> None:
         """Send one frame to the client, in order."""
@@ -62,18 +76,34 @@ class Session(Protocol):
 class LoginState:
     """A login's local sessions and the last seq delivered to them.
 
-    ``seq`` is None until the current seq was read; frames arriving before
-    that wait in ``pending``.
+    ``seq`` is None until the current seq was read. While it is, and while a
+    gap is being filled from the outbox (``busy``), frames wait in ``pending``
+    and are delivered in seq order afterwards. ``reserved`` counts sessions
+    that took a slot of this login and are still being registered.
     """
 
     login: str
     sessions: set[Session] = field(default_factory=set)
     seq: int | None = None
     pending: dict[int, str] = field(default_factory=dict)
+    reserved: int = 0
+    busy: bool = False
+    ready: asyncio.Future[None] | None = None
+
+    @property
+    def occupied(self) -> int:
+        return len(self.sessions) + self.reserved
 
 
 class Hub:
-    """Fan-out of one server process."""
+    """Fan-out of one server process.
+
+    Nothing here holds a lock across a network round trip: each login's seq
+    read and each batch of new quote channels is one task owned by the hub,
+    which every session that needs it awaits (shielded), so a client that
+    leaves, or whose authorization is cancelled, affects no other session, and
+    a stalled database or bus delays only the sessions that wait on it.
+    """
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -81,12 +111,16 @@ class Hub:
         self.subscriber.on_reconnect = self._on_reconnect
         self.quotes: dict[str, set[Session]] = {}
         self.last_quote: dict[str, str] = {}
+        self._quotes_ready: dict[str, asyncio.Future[None]] = {}
+        #: Sessions waiting for a quote channel to be ready, per channel.
+        self._quote_waiters: dict[str, int] = {}
         self.logins: dict[str, LoginState] = {}
         self.everyone: set[Session] = set()
         self.everyone_channel = groups.everyone_group()
         self.users: dict[str, set[Session]] = {}
         self.revocations_channel = groups.revocations_group()
         self.tails: tuple[tails.Tail, ...] | None = None
+        self._tails_ready: asyncio.Future[None] | None = None
         #: ``(id, login, seq)`` of due events whose frames could not be read yet.
         self._unfetched: list[tuple[int, str, int]] = []
         self._broadcasts_seen: set[int] = set()
@@ -96,34 +130,55 @@ class Hub:
         self._tail_batches: deque[poller.Batches] = deque()
         self._tails_read = asyncio.Event()
         self._poller: poller.OutboxPoller | None = None
-        self._lock = asyncio.Lock()
-        self._login_ready: dict[str, asyncio.Future[None]] = {}
+        self._starting: asyncio.Future[None] | None = None
         self._started = False
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        #: Background tasks (seq reads, gap fills, releases): referenced until done,
+        #: so the garbage collector cannot take one mid-run.
+        self._background: set[asyncio.Task[Any]] = set()
 
+    # --- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
-        """Connect to the bus and start the fan-out and outbox tasks (idempotent)."""
-        async with self._lock:
-            if self._started:
-                return
-            await self.subscriber.start()
-            await self.subscriber.subscribe([self.everyone_channel, self.revocations_channel])
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._pump()), loop.create_task(self._follow_outbox())]
-            self._poller = poller.OutboxPoller(
-                loop, lambda: self.tails, lambda: bool(self.users), self._on_tails
-            )
-            self._poller.start()
-            self._started = True
+        """Connect to the bus and start the fan-out and outbox tasks (idempotent).
+
+        A bus that cannot be reached does not fail this: the subscriber keeps
+        trying in the background (one log line per outage), account frames
+        reach sessions through the outbox meanwhile, quotes once it is back.
+        """
+        if self._started:
+            return
+        if self._starting is None:
+            self._starting = self._spawn(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        await self.subscriber.start()
+        await self.subscriber.subscribe([self.everyone_channel, self.revocations_channel])
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._pump()), loop.create_task(self._follow_outbox())]
+        self._poller = poller.OutboxPoller(
+            loop, lambda: self.tails, lambda: bool(self.users), self._on_tails
+        )
+        self._poller.start()
+        self._started = True
 
     async def close(self) -> None:
         """Stop fanning out and polling, and close the bus connection."""
+        self._closing = True
         if self._poller is not None:
             await self._poller.stop()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._background]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         await self.subscriber.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task of the hub's own, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # --- inbound ------------------------------------------------------------
     def _on_message(self, channel: str, payload: str) -> None:
@@ -164,7 +219,8 @@ class Hub:
             return
         state = self.logins.get(channel)
         if state is not None:
-            await self._account(state, payload)
+            seq, frame = unpack_numbered(payload)
+            await self._account(state, seq, frame)
             return
         if channel == self.everyone_channel:
             broadcast_id, frame = unpack_numbered(payload)
@@ -186,17 +242,20 @@ class Hub:
             self._broadcasts_seen.discard(self._broadcasts_order.popleft())
         return True
 
-    async def _account(self, state: LoginState, payload: str) -> None:
-        seq, frame = unpack_numbered(payload)
-        if state.seq is None:
+    # --- account frames: in seq order, gaps filled off the pump -------------------
+    async def _account(self, state: LoginState, seq: int, frame: str) -> None:
+        if state.seq is not None and seq <= state.seq:
+            return  # already delivered (bus and outbox both bring every frame)
+        if state.busy or state.seq is None:
             state.pending[seq] = frame
             return
-        if seq <= state.seq:
-            return  # already delivered (bus and outbox both bring every frame)
-        if seq > state.seq + 1:
-            await self._fill_gap(state, seq, frame)
+        if seq == state.seq + 1:
+            await self._deliver(state, seq, frame)
+            if state.pending:
+                await self._advance(state)
             return
-        await self._deliver(state, seq, frame)
+        state.pending[seq] = frame
+        self._fill_gap_soon(state)
 
     async def _deliver(self, state: LoginState, seq: int, frame: str) -> None:
         state.seq = seq
@@ -204,20 +263,74 @@ class Hub:
         for session in tuple(state.sessions):
             await _guarded(session.push_account(state.login, seq, frame))
 
-    async def _fill_gap(self, state: LoginState, seq: int, frame: str) -> None:
-        """Deliver the frames between the last delivered one and ``seq``, then it."""
+    async def _advance(self, state: LoginState) -> None:
+        """Deliver the pending frames that follow the last delivered one; start a gap
+        fill if what is left does not follow."""
         assert state.seq is not None
-        missed = await database_sync_to_async(outbox.history)(state.login, state.seq)
-        if missed is None:
-            # Pruned meanwhile: deliver what follows; the client sees the
-            # gap in seq and reconciles over REST.
-            logger.warning("broker_ws: history of %s does not reach seq %s", state.login, state.seq)
-            missed = []
-        for event in missed:
-            if state.seq < event.seq <= seq:
-                await self._deliver(state, event.seq, event.frame)
-        if seq > state.seq:
-            await self._deliver(state, seq, frame)
+        pending = state.pending
+        for seq in [s for s in pending if s <= state.seq]:
+            del pending[seq]
+        while state.seq + 1 in pending:
+            await self._deliver(state, state.seq + 1, pending.pop(state.seq + 1))
+        if pending and not state.busy:
+            self._fill_gap_soon(state)
+
+    def _fill_gap_soon(self, state: LoginState) -> None:
+        state.busy = True
+        self._spawn(self._fill_gap(state))
+
+    async def _fill_gap(self, state: LoginState) -> None:
+        """Deliver the frames missing before the pending ones, read from the outbox, in
+        a task of its own: a slow database delays this login's frames only, never the
+        quotes or other logins' frames the pump fans out meanwhile."""
+        try:
+            while state.pending:
+                assert state.seq is not None
+                after = state.seq
+                missed = await self._read_history(state.login, after)
+                if missed is None:
+                    # Pruned, or unreadable for too long: deliver what follows; the
+                    # client sees the gap in seq and reconciles (resume or REST).
+                    first = min(state.pending)
+                    logger.warning(
+                        "broker_ws: frames %d-%d of %s cannot be read; delivered with a gap",
+                        after + 1,
+                        first - 1,
+                        state.login,
+                    )
+                    await self._deliver(state, first, state.pending.pop(first))
+                else:
+                    for event in missed:
+                        if event.seq == state.seq + 1:
+                            state.pending.pop(event.seq, None)
+                            await self._deliver(state, event.seq, event.frame)
+                    if state.seq == after and state.seq + 1 not in state.pending:
+                        # History ends before the pending frames (not committed yet
+                        # when read): deliver the first pending one with the gap.
+                        first = min(state.pending)
+                        await self._deliver(state, first, state.pending.pop(first))
+                for seq in [s for s in state.pending if s <= state.seq]:
+                    del state.pending[seq]
+                while state.seq + 1 in state.pending:
+                    await self._deliver(state, state.seq + 1, state.pending.pop(state.seq + 1))
+        except Exception:
+            logger.exception("broker_ws: filling a gap of %s failed", state.login)
+        finally:
+            state.busy = False
+
+    async def _read_history(self, login: str, after: int) -> list[outbox.Event] | None:
+        """``outbox.history``, retried for :data:`GAP_FILL_PATIENCE` s while the
+        database fails; None when pruned or still failing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GAP_FILL_PATIENCE
+        while True:
+            try:
+                return await database_sync_to_async(outbox.history)(login, after)
+            except DatabaseError as exc:
+                if loop.time() >= deadline:
+                    logger.warning("broker_ws: outbox unreadable for a gap fill (%s)", exc)
+                    return None
+            await asyncio.sleep(GAP_FILL_RETRY)
 
     # --- outbox -------------------------------------------------------------
     def _on_tails(self, batches: poller.Batches) -> None:
@@ -293,13 +406,19 @@ class Hub:
         state = self.logins.get(groups.login_group(login))
         return state is not None and (state.seq is None or seq > state.seq)
 
+    async def _ensure_tails(self) -> None:
+        """Start following the outbox tables from about now (once per hub)."""
+        if self.tails is not None:
+            return
+        ready = self._tails_ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception())):
+            ready = self._tails_ready = self._spawn(self._start_tails())
+        await _wait_shared(ready)
+
     async def _start_tails(self) -> None:
-        """Start following the outbox tables from about now."""
-        async with self._lock:
-            if self.tails is None:
-                followed = tails.followed()
-                await database_sync_to_async(tails.start)(followed)
-                self.tails = followed
+        followed = tails.followed()
+        await database_sync_to_async(tails.start)(followed)
+        self.tails = followed
 
     # --- quotes ---------------------------------------------------------
     async def add_quotes(self, session: Session, symbols: Sequence[str]) -> list[str]:
@@ -308,35 +427,58 @@ class Hub:
         The session is registered before this returns, with no await between
         reading the cached last quotes and registering, so the client gets the
         snapshot and then every later quote, never an older one after a newer.
+        A session that subscribes while another one's subscription of the same
+        symbol is still in flight waits for it and gets the same snapshot. A
+        session closed meanwhile is not registered (and gets no frames).
         """
         channels = [groups.quote_group(symbol) for symbol in symbols]
-        if any(channel not in self.quotes for channel in channels):
-            async with self._lock:
-                # Decided under the lock: a release that held it may have just
-                # dropped a channel that was there before.
-                new = [i for i, channel in enumerate(channels) if channel not in self.quotes]
+        waiters = self._quote_waiters
+        for channel in channels:
+            waiters[channel] = waiters.get(channel, 0) + 1
+        try:
+            new = [i for i, channel in enumerate(channels) if channel not in self.quotes]
+            if new:
                 for i in new:
                     self.quotes[channels[i]] = set()
-                try:
-                    await self.subscriber.subscribe(channels[i] for i in new)
-                    fetched = await self.subscriber.last_quotes([symbols[i] for i in new])
-                except BaseException:
-                    for i in new:
-                        if not self.quotes.get(channels[i]):
-                            self.quotes.pop(channels[i], None)
-                    raise
+                ready = self._spawn(
+                    self._open_quotes([channels[i] for i in new], [symbols[i] for i in new])
+                )
                 for i in new:
-                    frame = fetched.get(symbols[i])
-                    # A live quote that arrived meanwhile is newer: keep it.
-                    if frame is not None and channels[i] not in self.last_quote:
-                        self.last_quote[channels[i]] = frame
+                    self._quotes_ready[channels[i]] = ready
+            waits = {id(f): f for c in channels if (f := self._quotes_ready.get(c)) is not None}
+            for shared in waits.values():
+                await _wait_shared(shared)
+        finally:
+            for channel in channels:
+                waiters[channel] -= 1
+                if not waiters[channel]:
+                    del waiters[channel]
+        if session.closed or self._closing:
+            self._release_soon(channels)
+            return []
         frames = []
         for channel in channels:
-            self.quotes[channel].add(session)
+            self.quotes.setdefault(channel, set()).add(session)
             frame = self.last_quote.get(channel)
             if frame is not None:
                 frames.append(frame)
         return frames
+
+    async def _open_quotes(self, channels: list[str], symbols: list[str]) -> None:
+        """Subscribe new quote channels, then read their last quotes (the bus never
+        fails this: it subscribes on reconnect and has no snapshot while down)."""
+        try:
+            await self.subscriber.subscribe(channels)
+            fetched = await self.subscriber.last_quotes(symbols)
+            for channel, symbol in zip(channels, symbols, strict=True):
+                frame = fetched.get(symbol)
+                # A live quote that arrived meanwhile is newer: keep it.
+                if frame is not None and channel not in self.last_quote:
+                    self.last_quote[channel] = frame
+        finally:
+            for channel in channels:
+                self._quotes_ready.pop(channel, None)
+            self._release_soon(channels)  # if every session that wanted them left
 
     def remove_quotes(self, session: Session, symbols: Iterable[str]) -> None:
         """Unsubscribe ``session``; drop bus subscriptions nobody here needs."""
@@ -348,72 +490,99 @@ class Hub:
                 sessions.discard(session)
                 if not sessions:
                     emptied.append(channel)
-        if emptied:
-            asyncio.get_running_loop().create_task(self._release(emptied))
+        self._release_soon(emptied)
 
     # --- logins ---------------------------------------------------------
     def sessions_of(self, login: str) -> int:
-        """How many sessions of this process receive ``login``'s frames."""
+        """How many sessions of this process receive ``login``'s frames (or are
+        being registered for them)."""
         state = self.logins.get(groups.login_group(login))
-        return len(state.sessions) if state is not None else 0
+        return state.occupied if state is not None else 0
+
+    def seqs_of(self, logins: Iterable[str]) -> dict[str, int]:
+        """The last seq delivered here of each of these logins that has one."""
+        seqs = {}
+        for login in logins:
+            state = self.logins.get(groups.login_group(login))
+            if state is not None and state.seq is not None:
+                seqs[login] = state.seq
+        return seqs
 
     async def add_session(
         self, session: Session, user_id: str, logins: Sequence[str]
-    ) -> dict[str, int]:
+    ) -> dict[str, int] | None:
         """Register an authorized session for its logins' frames, broadcasts and
-        revocations; return its logins' current seq.
+        revocations; return its logins' current seq, or None if the session was
+        closed meanwhile (it is then not registered anywhere).
 
         Every frame with a higher seq reaches the session after this returns.
+        The session takes a slot of each login before the first await and
+        gives it back on every path, so ``MAX_SESSIONS_PER_LOGIN`` holds under
+        any concurrency.
+
+        Raises:
+            TooManySessions: a login has no slot left (nothing was taken).
+            Unavailable: the database could not be read.
         """
-        if self.tails is None:
-            await self._start_tails()
-        self.users.setdefault(user_id, set()).add(session)
-        seqs: dict[str, int] = {}
+        limit = conf.MAX_SESSIONS_PER_LOGIN
+        states = []
+        crowded = []
+        for login in logins:
+            state = self.logins.get(groups.login_group(login))
+            if state is not None and state.occupied >= limit:
+                crowded.append(login)
+        if crowded:
+            raise TooManySessions(crowded)
         for login in logins:
             channel = groups.login_group(login)
             state = self.logins.get(channel)
-            if state is None or state.seq is None:
-                await self._ensure_login(channel, login)
-                state = self.logins[channel]
+            if state is None:
+                state = self.logins[channel] = LoginState(login)
+            state.reserved += 1
+            states.append(state)
+        try:
+            await self._ensure_tails()
+            for state in states:
+                if state.seq is None:
+                    if state.ready is None:
+                        state.ready = self._spawn(self._read_seq(state))
+                    await _wait_shared(state.ready)
+        except BaseException:
+            self._give_back(states)
+            raise
+        if session.closed or self._closing:
+            self._give_back(states)
+            return None
+        seqs: dict[str, int] = {}
+        for state in states:
             assert state.seq is not None
+            state.reserved -= 1
             state.sessions.add(session)
-            seqs[login] = state.seq
+            seqs[state.login] = state.seq
+        self.users.setdefault(user_id, set()).add(session)
         self.everyone.add(session)
         return seqs
 
-    async def _ensure_login(self, channel: str, login: str) -> None:
-        ready = self._login_ready.get(channel)
-        if ready is not None:
-            await asyncio.shield(ready)
-            if channel in self.logins and self.logins[channel].seq is not None:
-                return
-        ready = asyncio.get_running_loop().create_future()
-        self._login_ready[channel] = ready
+    def _give_back(self, states: list[LoginState]) -> None:
+        """Return the slots :meth:`add_session` took."""
+        for state in states:
+            state.reserved -= 1
+        self._release_soon([groups.login_group(s.login) for s in states if not s.occupied])
+
+    async def _read_seq(self, state: LoginState) -> None:
+        """Subscribe to a login's channel, then read its current seq (a frame committed
+        in between arrives on the bus, or through the outbox poll, and waits in
+        ``pending``); then deliver what waited."""
+        channel = groups.login_group(state.login)
         try:
-            async with self._lock:
-                state = self.logins.setdefault(channel, LoginState(login))
-                if state.seq is None:
-                    # Subscribe first, then read: a frame committed in between
-                    # arrives on the bus and waits in ``pending``.
-                    await self.subscriber.subscribe([channel])
-                    current = await database_sync_to_async(outbox.current_seqs)([login])
-                    state.seq = current[login]
-                    # Frames that arrived meanwhile go back through the pump,
-                    # which runs only after the caller registered its session.
-                    for seq, frame in sorted(state.pending.items()):
-                        self._inbox.append((channel, pack_numbered(seq, frame)))
-                    state.pending.clear()
-                    self._wakeup.set()
-            ready.set_result(None)
-        except BaseException as exc:
-            failed = self.logins.get(channel)
-            if failed is not None and failed.seq is None and not failed.sessions:
-                del self.logins[channel]
-            ready.set_exception(exc)
-            ready.exception()  # mark retrieved; waiters re-raise via shield
-            raise
+            await self.subscriber.subscribe([channel])
+            current = await database_sync_to_async(outbox.current_seqs)([state.login])
+            state.seq = current[state.login]
+            await self._advance(state)
         finally:
-            self._login_ready.pop(channel, None)
+            state.ready = None
+            if not state.occupied:
+                self._release_soon([channel])  # every session that wanted it left
 
     def remove_session(
         self,
@@ -435,28 +604,49 @@ class Hub:
             state = self.logins.get(channel)
             if state is not None:
                 state.sessions.discard(session)
-                if not state.sessions and state.seq is not None:
+                if not state.occupied:
                     emptied.append(channel)
-        if emptied:
-            asyncio.get_running_loop().create_task(self._release(emptied))
+        self._release_soon(emptied)
 
-    async def _release(self, channels: list[str]) -> None:
-        async with self._lock:
-            idle = []
-            for channel in channels:
-                if channel in self.quotes and not self.quotes[channel]:
-                    del self.quotes[channel]
-                    self.last_quote.pop(channel, None)
-                    idle.append(channel)
-                state = self.logins.get(channel)
-                if state is not None and not state.sessions and channel not in self._login_ready:
-                    del self.logins[channel]
-                    idle.append(channel)
-            if idle:
-                try:
-                    await self.subscriber.unsubscribe(idle)
-                except Exception as exc:
-                    logger.warning("broker_ws: unsubscribe failed (%s)", exc)
+    def _release_soon(self, channels: list[str]) -> None:
+        """Drop the local state and bus subscription of channels nobody here needs."""
+        idle = []
+        for channel in channels:
+            if channel in self._quotes_ready or channel in self._quote_waiters:
+                continue
+            if channel in self.quotes and not self.quotes[channel]:
+                del self.quotes[channel]
+                self.last_quote.pop(channel, None)
+                idle.append(channel)
+            state = self.logins.get(channel)
+            if state is not None and not state.occupied and state.ready is None:
+                del self.logins[channel]
+                idle.append(channel)
+        if idle and not self._closing:
+            self._spawn(self._unsubscribe(idle))
+
+    async def _unsubscribe(self, channels: list[str]) -> None:
+        try:
+            await self.subscriber.unsubscribe(channels)
+        except Exception as exc:
+            logger.warning("broker_ws: unsubscribe failed (%s)", exc)
+
+
+async def _wait_shared(task: asyncio.Future[None]) -> None:
+    """Wait for a task other sessions may wait for too, without sharing their fate.
+
+    Shielded: cancelling this waiter (its client left) leaves the task running
+    for the others. If the task itself was cancelled (the hub is closing) or
+    failed on a database error, the waiter gets :class:`Unavailable`.
+    """
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # this waiter was cancelled, not the shared task
+        raise Unavailable("the server is shutting down") from None
+    except DatabaseError as exc:
+        raise Unavailable("the database could not be read") from exc
 
 
 async def _guarded(sending: Awaitable[None]) -> None:

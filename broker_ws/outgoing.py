@@ -147,6 +147,15 @@ class Outgoing:
                 self._ordered.extendleft(reversed(replies))
                 await self._flush()
 
+    async def send_last(self, text: str) -> None:
+        """Send the last frame before a close at once, ahead of anything held or
+        queued (which the close drops anyway)."""
+        if self.closed:
+            return
+        self._ordered.clear()
+        self._quotes.clear()
+        await self._write(text)
+
     def close(self) -> None:
         """Drop everything still queued; the session is gone."""
         self.closed = True

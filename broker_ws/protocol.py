@@ -34,6 +34,8 @@ class CloseCode(enum.IntEnum):
     TOO_SLOW = 4005
     RATE_LIMITED = 4006
     TOO_MANY_SESSIONS = 4007
+    UNAVAILABLE = 4008
+    RESTARTING = 4009
 
 
 #: Whether a client should reconnect after each close code (and how).
@@ -45,6 +47,8 @@ RECONNECT: dict[CloseCode, str] = {
     CloseCode.TOO_SLOW: "yes, then reconcile account state over REST",
     CloseCode.RATE_LIMITED: "yes, after a back-off",
     CloseCode.TOO_MANY_SESSIONS: "no: close another session of this login first",
+    CloseCode.UNAVAILABLE: "yes, after a back-off, with resume: a dependency of the server failed",
+    CloseCode.RESTARTING: "yes, at once (within the notice's within_ms), with resume",
 }
 
 
@@ -65,6 +69,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     TOO_MANY_SESSIONS = "too_many_sessions"
     REVOKED = "revoked"
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class Authorize:
     """``{"authorization": "<JWT>", "resume": {"<login>": <last seq seen>}}``.
 
     ``resume`` is optional: the frames missed since a previous session.
+    ``token`` is empty when the message carried no usable token (not a
+    string, or empty): that is refused like a bad token, not a bad message.
     """
 
     token: str
@@ -106,7 +113,7 @@ def parse(text: str) -> Command:
     if "authorization" in message:
         token = message["authorization"]
         if not isinstance(token, str) or not token:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "authorization must be a non-empty string")
+            return Authorize("")
         return Authorize(token, _resume(message.get("resume")))
     event = message.get("event")
     if event in ("subscribe", "unsubscribe"):

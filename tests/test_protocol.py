@@ -260,12 +260,13 @@ async def test_authorize_garbage_fails(client_factory, garbage):
 
 
 @pytest.mark.parametrize("value", ["", 123, None, ["token"], {"token": "x"}])
-async def test_authorize_non_string_token_is_bad_message(client_factory, value):
-    """An authorization value that is not a non-empty string is bad_message; the session stays."""
+async def test_authorize_without_usable_token_fails_like_a_bad_token(client_factory, value):
+    """An authorization value that is not a non-empty string is a refused token:
+    auth_failed and 4001, not a bad_message left open until the 4002 invites a retry."""
     client = await client_factory()
     await client.send({"authorization": value})
-    await expect_error(client, "bad_message")
-    await assert_open(client)
+    await expect_error(client, "auth_failed")
+    await expect_close(client, 4001)
 
 
 async def test_authorize_huge_token_is_message_too_large(client_factory):

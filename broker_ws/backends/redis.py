@@ -37,6 +37,12 @@ COMMAND_TIMEOUT = 5.0
 POOL_WAIT = 5.0
 HEALTH_CHECK_INTERVAL = 10
 READ_POLL = 5.0
+#: How long a new subscription waits for Redis to confirm it, and a subscribe
+#: for the last quotes (seconds). Short on purpose: a stalled Redis must not
+#: hold up authorizations, and nothing depends on the wait for correctness
+#: (account frames the bus misses are read from the outbox; quotes follow
+#: once the subscription is live).
+CONFIRM_TIMEOUT = 1.0
 
 
 def _pool_kwargs(max_connections: int) -> dict[str, Any]:
@@ -141,10 +147,32 @@ class RedisSubscriber(Subscriber):
         # Every channel this process needs, whether Redis has confirmed it or not.
         self.wanted: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
+        #: False until the reader first connected, and during an outage: then
+        #: subscriptions are only noted in ``wanted`` and sent on (re)connect.
+        self._reachable = False
+        self._outage_logged = False
 
     async def start(self) -> None:
-        await self.pubsub.connect()
+        """Start the reader, which connects in the background: a Redis that is down or
+        stalled when the server starts delays no authorization."""
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Log an outage once, when it starts, however many calls fail during it."""
+        self._reachable = False
+        if not self._outage_logged:
+            self._outage_logged = True
+            logger.warning(
+                "broker_ws: Redis unreachable (%s): account frames keep flowing through the "
+                "outbox, quotes resume when it is back",
+                exc,
+            )
+
+    def _reachable_again(self) -> None:
+        self._reachable = True
+        if self._outage_logged:
+            self._outage_logged = False
+            logger.warning("broker_ws: Redis reachable again")
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -155,18 +183,25 @@ class RedisSubscriber(Subscriber):
 
     async def _read_forever(self) -> None:
         backoff = 0.1
+        while not self._reachable:  # the first connection
+            await self._reconnect()
+            if not self._reachable:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
         while True:
             try:
                 message = await self.pubsub.get_message(timeout=READ_POLL)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("broker_ws: Redis pub/sub read failed (%s); reconnecting", exc)
+                self._unreachable(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 await self._reconnect()
                 continue
             backoff = 0.1
+            if not self._reachable:
+                await self._reconnect()  # the read worked: send what waited
             if message is None:
                 continue
             kind = message["type"]
@@ -181,15 +216,15 @@ class RedisSubscriber(Subscriber):
     async def _reconnect(self) -> None:
         try:
             # redis-py re-subscribes the channels it had in its on_connect callback.
-            await self.pubsub.connect()
+            await asyncio.wait_for(self.pubsub.connect(), COMMAND_TIMEOUT)
             # Channels wanted while Redis was down never reached redis-py.
             missed = self.wanted - set(self.pubsub.channels)
             if missed:
                 await self.pubsub.subscribe(*missed)
         except Exception as exc:
-            logger.warning("broker_ws: Redis still unreachable (%s)", exc)
+            self._unreachable(exc)
             return
-        logger.info("broker_ws: Redis pub/sub reconnected")
+        self._reachable_again()
         if self.on_reconnect is not None:
             self.on_reconnect()
 
@@ -208,14 +243,14 @@ class RedisSubscriber(Subscriber):
         loop = asyncio.get_running_loop()
         futures = [self._pending.setdefault(name, loop.create_future()) for name in names]
         try:
-            await self.pubsub.subscribe(*names)
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures)), COMMAND_TIMEOUT)
-        except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning(
-                "broker_ws: Redis unreachable (%s); %d channel(s) will be subscribed on reconnect",
-                exc,
-                len(names),
-            )
+            if self._reachable:
+                await asyncio.wait_for(self.pubsub.subscribe(*names), CONFIRM_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures)), CONFIRM_TIMEOUT)
+            # else: the reader subscribes every wanted channel when Redis is back
+        except (RedisError, OSError) as exc:
+            self._unreachable(exc)
+        except TimeoutError:
+            logger.info("broker_ws: Redis did not confirm %d subscription(s) in time", len(names))
         finally:
             for name in names:
                 self._pending.pop(name, None)
@@ -228,16 +263,22 @@ class RedisSubscriber(Subscriber):
                 await self.pubsub.unsubscribe(*names)
             except (RedisError, OSError, TimeoutError) as exc:
                 # Dropped with the connection anyway; not re-subscribed (not wanted).
-                logger.warning("broker_ws: Redis unsubscribe failed (%s)", exc)
+                self._unreachable(exc)
 
     async def last_quotes(self, symbols: Sequence[str]) -> dict[str, str]:
         if not symbols:
             return {}
+        if not self._reachable:
+            return {}  # no snapshot while Redis is down; live quotes follow when it is back
         try:
-            values = await self.client.hmget(self.backend.last_key(), list(symbols))
-        except (RedisError, OSError, TimeoutError) as exc:
-            # No snapshot while Redis is down; live quotes follow when it is back.
-            logger.warning("broker_ws: last quotes unavailable (%s)", exc)
+            values = await asyncio.wait_for(
+                self.client.hmget(self.backend.last_key(), list(symbols)), CONFIRM_TIMEOUT
+            )
+        except (RedisError, OSError) as exc:
+            logger.info("broker_ws: last quotes unavailable (%s)", exc)
+            return {}
+        except TimeoutError:
+            logger.info("broker_ws: Redis did not answer for the last quotes in time")
             return {}
         return {
             s: v.decode() if isinstance(v, bytes) else v
