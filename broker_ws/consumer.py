@@ -291,7 +291,9 @@ class StreamConsumer(AsyncConsumer):
                 self._close_soon(CloseCode.TOO_MANY_SESSIONS)
                 return
             except Unavailable as exc:
-                logger.warning("broker_ws: cannot authorize a session now (%s)", exc)
+                logger.warning(
+                    "broker_ws: cannot authorize a session now (%s: %s)", exc, exc.__cause__
+                )
                 replies.append(_UNAVAILABLE_REPLY)
                 self._close_soon(CloseCode.UNAVAILABLE)
                 return
@@ -336,7 +338,7 @@ class StreamConsumer(AsyncConsumer):
         self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
 
     async def _unavailable(self, exc: Exception, *, close: bool) -> None:
-        logger.warning("broker_ws: cannot check a token now (%s)", exc)
+        logger.warning("broker_ws: cannot check a token now (%s: %s)", exc, exc.__cause__)
         await self.push(_UNAVAILABLE_REPLY)
         if close:
             await self.close(CloseCode.UNAVAILABLE)
