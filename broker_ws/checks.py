@@ -33,6 +33,8 @@ _COUNTS = (
     "SLOW_CONSUMER_MAX_PENDING",
 )
 _SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
+#: Durations where 0 turns the feature off.
+_SECONDS_OR_OFF = ("DRAIN_WINDOW",)
 
 
 def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -74,6 +76,15 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
         if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
             what = "a positive integer" if name in _COUNTS else "a positive number of seconds"
             errors.append(Error(f"BROKER_WS['{name}'] must be {what}.", id="broker_ws.E005"))
+    for name in _SECONDS_OR_OFF:
+        value = user.get(name, DEFAULTS[name])
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            errors.append(
+                Error(
+                    f"BROKER_WS['{name}'] must be a number of seconds (0 turns it off).",
+                    id="broker_ws.E005",
+                )
+            )
     if not isinstance(conf.KEY_PREFIX, str) or not _PREFIX.match(conf.KEY_PREFIX):
         errors.append(
             Error(

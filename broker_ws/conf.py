@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "BINDINGS": [],
     # redis-py connection pool size of each process (publisher and server).
     "REDIS_MAX_CONNECTIONS": 200,
+    # Seconds over which a server process that gets SIGTERM tells its sessions
+    # to reconnect and closes them (4009), spread out; 0 leaves SIGTERM to the
+    # server (daphne drops connections, uvicorn closes them all with 1012).
+    "DRAIN_WINDOW": 5.0,
 }
 
 
@@ -146,6 +150,10 @@ class Settings:
     @property
     def REDIS_MAX_CONNECTIONS(self) -> int:
         return self._get("REDIS_MAX_CONNECTIONS")
+
+    @property
+    def DRAIN_WINDOW(self) -> float:
+        return float(self._get("DRAIN_WINDOW"))
 
 
 conf = Settings()

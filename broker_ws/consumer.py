@@ -37,6 +37,7 @@ from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
 from broker_ws.direct_write import EncodedFrame
+from broker_ws.drain import get_drain
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.hub import Hub, get_hub
 from broker_ws.origin import origin_allowed
@@ -104,6 +105,9 @@ class StreamConsumer(AsyncConsumer):
             return
         await self.base_send({"type": "websocket.accept"})
         self._ping_phase = ping_phase(self.base_send)
+        drain = get_drain()
+        drain.install(self.base_send)
+        drain.add(self)
         self._set_timer(conf.AUTH_TIMEOUT, CloseCode.AUTH_TIMEOUT)
 
     def _set_timer(self, delay: float, code: CloseCode) -> None:
@@ -142,6 +146,7 @@ class StreamConsumer(AsyncConsumer):
 
     def _forget(self) -> None:
         self.closed = True
+        get_drain().discard(self)
         if self._counted:
             self._counted = False
             metrics.SESSIONS.dec()
