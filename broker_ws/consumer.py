@@ -36,7 +36,7 @@ from django.db import Error as DatabaseError
 from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
-from broker_ws.direct_write import EncodedFrame
+from broker_ws.direct_write import EncodedFrame, close_frame_on_failure
 from broker_ws.drain import get_drain
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.hub import Hub, get_hub
@@ -103,6 +103,7 @@ class StreamConsumer(AsyncConsumer):
             self.closed = True
             await self.base_send({"type": "websocket.close"})
             return
+        close_frame_on_failure(self.base_send)
         await self.base_send({"type": "websocket.accept"})
         self._ping_phase = ping_phase(self.base_send)
         drain = get_drain()

@@ -86,6 +86,20 @@ def daphne_protocol(send: Any) -> Any | None:
     return protocol
 
 
+def close_frame_on_failure(send: Any) -> None:
+    """Under daphne, make autobahn send a close frame when it fails the connection.
+
+    autobahn fails a connection (a message over daphne's size limit, a protocol
+    error, invalid UTF-8) by dropping TCP while ``failByDrop`` is on, its default,
+    which daphne never changes: the client saw 1006 instead of the 1009 (1002,
+    1007) with a reason that protocol.md promises. Set per connection, before
+    the accept; autobahn reads it when it fails the connection.
+    """
+    protocol = daphne_protocol(send)
+    if protocol is not None:
+        protocol.failByDrop = False
+
+
 def _daphne_writer(send: Any) -> Writer | None:
     protocol = daphne_protocol(send)
     if protocol is None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import websockets
 
-from tests.services import PrivatePostgres, PrivateRedis, private_deployment
 from tests.servers import obtain_token
+from tests.services import PrivatePostgres, PrivateRedis, private_deployment
 from tests.test_e2e import SAVE_BALANCE
 from tests.test_faults import Stream, run_manage
 

@@ -63,6 +63,7 @@ class Command(BaseCommand):
                 host=host,
                 port=port,
                 backlog=4096,
+                ws_max_size=1024 * 1024,  # daphne's limit: over it, close 1009 under both
                 ws_per_message_deflate=False,
                 lifespan="off",
                 log_level="warning",
