@@ -31,10 +31,13 @@ _COUNTS = (
     "REDIS_MAX_CONNECTIONS",
     "SLOW_CONSUMER_BUFFER",
     "SLOW_CONSUMER_MAX_PENDING",
+    "MAX_UNAUTHENTICATED_PER_ADDRESS",
+    "MAX_UNAUTHENTICATED",
+    "AUTH_FAILURE_BURST",
 )
 _SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
 #: Durations where 0 turns the feature off.
-_SECONDS_OR_OFF = ("DRAIN_WINDOW",)
+_SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY")
 
 
 def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -106,6 +109,7 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
                 id="broker_ws.E009",
             )
         )
+    errors += _check_proxies(user.get("TRUSTED_PROXIES", DEFAULTS["TRUSTED_PROXIES"]))
     errors += _check_bindings(conf.BINDINGS)
     errors += _check_alerts(conf.PRICE_ALERTS)
     url = conf.REDIS_URL
@@ -234,3 +238,28 @@ def _check_layer(url: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_proxies(value: Any) -> list[CheckMessage]:
+    """TRUSTED_PROXIES: a list of IP addresses or networks."""
+    import ipaddress
+
+    ok = isinstance(value, list | tuple | set | frozenset) and all(
+        isinstance(item, str) for item in value
+    )
+    if ok:
+        try:
+            for item in value:
+                ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            ok = False
+    if ok:
+        return []
+    return [
+        Error(
+            "BROKER_WS['TRUSTED_PROXIES'] must be a list of IP addresses or networks.",
+            hint='For example ["127.0.0.1", "10.0.0.0/8"]: the proxies whose X-Forwarded-For '
+            "is believed.",
+            id="broker_ws.E011",
+        )
+    ]

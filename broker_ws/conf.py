@@ -67,6 +67,18 @@ DEFAULTS: dict[str, Any] = {
     # to reconnect and closes them (4009), spread out; 0 leaves SIGTERM to the
     # server (daphne drops connections, uvicorn closes them all with 1012).
     "DRAIN_WINDOW": 5.0,
+    # Addresses or networks ("10.0.0.0/8") of the proxies in front of the servers:
+    # only their X-Forwarded-For is believed for the client address that the
+    # limits below count by. Empty: the TCP peer is the client.
+    "TRUSTED_PROXIES": [],
+    # Sockets open without having authorized, per client address and per server
+    # process; one more is held, then closed with 4006.
+    "MAX_UNAUTHENTICATED_PER_ADDRESS": 100,
+    "MAX_UNAUTHENTICATED": 5000,
+    # Failed authorizations of one address (fading by half every 60 s) answered at
+    # once; past them, the 4001 comes after a delay doubling up to the maximum (s).
+    "AUTH_FAILURE_BURST": 10,
+    "AUTH_FAILURE_MAX_DELAY": 10.0,
 }
 
 
@@ -154,6 +166,26 @@ class Settings:
     @property
     def DRAIN_WINDOW(self) -> float:
         return float(self._get("DRAIN_WINDOW"))
+
+    @property
+    def TRUSTED_PROXIES(self) -> list[str]:
+        return list(self._get("TRUSTED_PROXIES"))
+
+    @property
+    def MAX_UNAUTHENTICATED_PER_ADDRESS(self) -> int:
+        return self._get("MAX_UNAUTHENTICATED_PER_ADDRESS")
+
+    @property
+    def MAX_UNAUTHENTICATED(self) -> int:
+        return self._get("MAX_UNAUTHENTICATED")
+
+    @property
+    def AUTH_FAILURE_BURST(self) -> int:
+        return self._get("AUTH_FAILURE_BURST")
+
+    @property
+    def AUTH_FAILURE_MAX_DELAY(self) -> float:
+        return float(self._get("AUTH_FAILURE_MAX_DELAY"))
 
 
 conf = Settings()

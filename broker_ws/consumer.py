@@ -47,6 +47,7 @@ from broker_ws.protocol import CloseCode, ErrorCode
 from broker_ws.ratelimit import TokenBucket
 from broker_ws.resume import missed_frames
 from broker_ws.symbols import split_symbols
+from broker_ws.throttle import client_address, get_throttle
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class StreamConsumer(AsyncConsumer):
         self._timer: asyncio.TimerHandle | None = None
         self._ping_phase: PingPhase | None = None
         self._authorizing = False
+        self._address = ""
+        self._admitted = False  # counted among its address's unauthenticated sockets
+        self._held = False  # over the unauthenticated cap: held, then closed with 4006
         #: Tasks of this session (closes), referenced until done.
         self._tasks: set[asyncio.Task[None]] = set()
         try:
@@ -109,7 +113,30 @@ class StreamConsumer(AsyncConsumer):
         drain = get_drain()
         drain.install(self.base_send)
         drain.add(self)
+        self._address = client_address(self.scope)
+        throttle = get_throttle()
+        if not throttle.admit(self._address):
+            self._held = True
+            self._spawn(self._refuse_crowded(throttle.hold(self._address)))
+            return
+        self._admitted = True
         self._set_timer(conf.AUTH_TIMEOUT, CloseCode.AUTH_TIMEOUT)
+
+    async def _refuse_crowded(self, hold: float) -> None:
+        """Too many unauthenticated sockets: held (its messages unread), then 4006."""
+        await asyncio.sleep(hold)
+        await self._error(ErrorCode.RATE_LIMITED, "too many unauthenticated connections")
+        await self.close(CloseCode.RATE_LIMITED)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _release_admission(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            get_throttle().release(self._address)
 
     def _set_timer(self, delay: float, code: CloseCode) -> None:
         if self._timer is not None:
@@ -120,12 +147,9 @@ class StreamConsumer(AsyncConsumer):
     def _close_soon(self, code: CloseCode) -> None:
         if code == CloseCode.AUTH_TIMEOUT and self._authorizing:
             # The client did send its token; the server could not check it in time.
-            closing = self._close_unavailable()
+            self._spawn(self._close_unavailable())
         else:
-            closing = self.close(code)
-        task = asyncio.get_running_loop().create_task(closing)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._spawn(self.close(code))
 
     async def _close_unavailable(self) -> None:
         await self.out.send_last(_UNAVAILABLE_REPLY)  # ahead of the held replies
@@ -148,6 +172,7 @@ class StreamConsumer(AsyncConsumer):
     def _forget(self) -> None:
         self.closed = True
         get_drain().discard(self)
+        self._release_admission()
         if self._counted:
             self._counted = False
             metrics.SESSIONS.dec()
@@ -201,7 +226,7 @@ class StreamConsumer(AsyncConsumer):
 
     # --- receiving --------------------------------------------------------
     async def _on_receive(self, message: dict[str, Any]) -> None:
-        if self.closed:
+        if self.closed or self._held:
             return
         if not self.rate.allow():
             await self._error(
@@ -254,6 +279,17 @@ class StreamConsumer(AsyncConsumer):
             identity = await authenticate(command.token)
         except AuthenticationError as exc:
             metrics.AUTH_FAILURES.inc()
+            if first:
+                delay = get_throttle().fail(self._address)
+                if delay:
+                    # An address that keeps failing waits for its answer; its socket is
+                    # held meanwhile (nothing else it sends is read).
+                    self._authorizing = False
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    await asyncio.sleep(delay)
+                    if self.closed:
+                        return
             await self._error(ErrorCode.AUTH_FAILED, str(exc))
             if first:
                 await self.close(CloseCode.AUTH_FAILED)
@@ -307,6 +343,7 @@ class StreamConsumer(AsyncConsumer):
                 return  # closed meanwhile: the hub did not register it
             metrics.AUTHENTICATED.inc()
             self.identity = identity
+            self._release_admission()
             replay: list[str] = []
             if resume:
                 try:

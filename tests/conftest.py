@@ -65,6 +65,17 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_throttle() -> Iterator[None]:
+    """Every test starts with no failure scores: communicator sessions all share
+    one client address, and earlier tests' bad tokens must not delay later ones."""
+    import broker_ws.throttle
+
+    broker_ws.throttle._throttle = None
+    yield
+    broker_ws.throttle._throttle = None
+
+
+@pytest.fixture(autouse=True)
 async def _close_hubs() -> AsyncIterator[None]:
     """Close the test's hubs, and check that their outbox poll threads ended (a left
     thread would keep a database connection open past the test)."""
