@@ -233,3 +233,28 @@ def test_check_e007_binding_paths_through_relations_and_callables_pass() -> None
         "fields": ["account.user.username", "account.pk", str],
     }
     assert _ids(BINDINGS=[binding]) == []
+
+
+@pytest.mark.parametrize("value", [-1, "5", True, None])
+def test_check_e005_drain_window_not_a_non_negative_number(value):
+    assert "broker_ws.E005" in _ids(DRAIN_WINDOW=value)
+
+
+def test_check_e005_drain_window_zero_turns_it_off():
+    assert _ids(DRAIN_WINDOW=0, AUTH_FAILURE_MAX_DELAY=0) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["MAX_UNAUTHENTICATED_PER_ADDRESS", "MAX_UNAUTHENTICATED", "AUTH_FAILURE_BURST"]
+)
+def test_check_e005_throttle_counts_must_be_positive(name):
+    assert "broker_ws.E005" in _ids(**{name: 0})
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1", ["not-an-address"], [1], None])
+def test_check_e011_trusted_proxies_not_a_list_of_networks(value):
+    assert "broker_ws.E011" in _ids(TRUSTED_PROXIES=value)
+
+
+def test_check_e011_trusted_proxies_addresses_and_networks_are_accepted():
+    assert _ids(TRUSTED_PROXIES=["127.0.0.1", "10.0.0.0/8", "::1"]) == []
