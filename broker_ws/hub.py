@@ -168,9 +168,13 @@ class Hub:
         self._closing = True
         if self._poller is not None:
             await self._poller.stop()
-        for task in [*self._tasks, *self._background]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        tasks = [*self._tasks, *self._background]
+        # Cancel until done: on Python 3.11 asyncio.wait_for can swallow a
+        # cancellation that arrives as the awaited call completes.
+        while any(not task.done() for task in tasks):
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
         await self.subscriber.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -192,7 +196,7 @@ class Hub:
 
     async def _pump(self) -> None:
         inbox = self._inbox
-        while True:
+        while not self._closing:
             if not inbox:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -341,7 +345,7 @@ class Hub:
     async def _follow_outbox(self) -> None:
         """Hand to the pump what the outbox poll found that the bus did not bring:
         account frames still due here, revocations and broadcasts."""
-        while True:
+        while not self._closing:
             if not self._tail_batches:
                 self._tails_read.clear()
                 # Frames that could not be fetched are asked for again a poll later.

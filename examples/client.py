@@ -26,6 +26,7 @@ from typing import Any
 import websockets
 
 NO_RECONNECT = {4001: "token refused", 4004: "access revoked", 4007: "too many sessions"}
+RESTARTING = 4009  # the server drains for a deploy: reconnect at once, with resume
 PING_EVERY, PONG_WITHIN = 20.0, 10.0
 
 
@@ -89,6 +90,7 @@ class Client:
         self.seq: dict[str, int] = {}  # last account frame applied, per login
         self.rows: dict[str, dict[tuple[str, Any], list[Any]]] = {}  # (marker, frame[3]) -> frame
         self.backoff = 0.5
+        self.leaving = 0.0  # set when we close on a reconnect notice: come back at once
         self.authorized, self.pong = False, asyncio.Event()  # per connection
 
     async def run(self) -> int:
@@ -110,8 +112,13 @@ class Client:
             if code in NO_RECONNECT:
                 log(f"closed with {code} ({NO_RECONNECT[code]}): not reconnecting")
                 return 1
-            delay = random.uniform(self.backoff / 2, self.backoff)
-            self.backoff = min(self.backoff * 2, 30.0)
+            if code == RESTARTING or self.leaving:
+                # The server is draining (a deploy): come back at once, spread over its window.
+                delay = random.uniform(0, min(self.leaving or 1.0, 1.0))
+                self.leaving = 0.0
+            else:  # 4008 (a dependency of the server failed), 4002, 4005, 4006, 1xxx
+                delay = random.uniform(self.backoff / 2, self.backoff)
+                self.backoff = min(self.backoff * 2, 30.0)
             log(f"closed with {code}" if code else "no connection", f"- retry in {delay:.1f} s")
             await asyncio.sleep(delay)
 
@@ -153,6 +160,10 @@ class Client:
                 await self.reconcile(login)
         elif event == "error":
             log("error", data["code"], data.get("symbols", data["message"]))
+        elif event == "reconnect":  # the server process is going away (a deploy)
+            within = data["within_ms"] / 1000
+            log(f"server restarting: reconnecting within {within:.1f} s")
+            tasks.append(asyncio.create_task(self.leave_later(ws, random.uniform(0, within))))
         else:  # subscribed, unsubscribed
             log(event, data)
 
@@ -171,6 +182,12 @@ class Client:
         # Refresh one minute before expiry (or at 80 % of a short lifetime), same user, no resume.
         delay = self.refresh_after or max(expires_in - min(60.0, expires_in * 0.2), 0.0)
         tasks.append(asyncio.create_task(self.refresh_later(ws, delay)))
+
+    async def leave_later(self, ws: Any, delay: float) -> None:
+        """Close this connection after ``delay`` s and reconnect at once with resume."""
+        await asyncio.sleep(delay)
+        self.leaving = 0.1
+        await ws.close()
 
     async def reconcile(self, login: str) -> None:
         body = await asyncio.to_thread(self.api.snapshot, login)

@@ -291,8 +291,14 @@ class Fuzzer:
 
 
 def limits(**overrides: Any) -> override_settings:
-    """BROKER_WS as currently set (the backend fixture's, if any), with ``overrides``."""
-    return override_settings(BROKER_WS={**django_settings.BROKER_WS, **overrides})
+    """BROKER_WS as currently set (the backend fixture's, if any), with ``overrides``.
+
+    The fuzz refuses thousands of tokens from one address in one test: the
+    failed-authorization delay (tests/test_throttle.py) is off here.
+    """
+    # Every fuzz case comes from one address: no failed-authorization delay here.
+    base = {**django_settings.BROKER_WS, "AUTH_FAILURE_MAX_DELAY": 0}
+    return override_settings(BROKER_WS={**base, **overrides})
 
 
 #: The fuzz sends far faster than a client may: lift the rate limit, except where tested.

@@ -151,6 +151,7 @@ class RedisSubscriber(Subscriber):
         #: subscriptions are only noted in ``wanted`` and sent on (re)connect.
         self._reachable = False
         self._outage_logged = False
+        self._closed = False
 
     async def start(self) -> None:
         """Start the reader, which connects in the background: a Redis that is down or
@@ -175,20 +176,24 @@ class RedisSubscriber(Subscriber):
             logger.warning("broker_ws: Redis reachable again")
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        self._closed = True
+        reader = self._reader
+        # Cancel until it is done: on Python 3.11, asyncio.wait_for inside the reader
+        # can swallow a cancellation that arrives as the awaited call completes.
+        while reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.wait([reader], timeout=1.0)
         await self.pubsub.aclose()
         await self._pubsub_client.aclose()
 
     async def _read_forever(self) -> None:
         backoff = 0.1
-        while not self._reachable:  # the first connection
+        while not self._reachable and not self._closed:  # the first connection
             await self._reconnect()
             if not self._reachable:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-        while True:
+        while not self._closed:
             try:
                 message = await self.pubsub.get_message(timeout=READ_POLL)
             except asyncio.CancelledError:

@@ -45,6 +45,8 @@
     4005: "too slow",
     4006: "rate limited",
     4007: "too many sessions",
+    4008: "server unavailable",
+    4009: "server restarting",
   };
 
   const $ = (selector) => document.querySelector(selector);
@@ -258,7 +260,11 @@
         // A network failure leaves the old token: reconnecting shows whether it still works.
         refreshAccess().then(() => session.access && scheduleReconnect(label));
         return;
-      default: // 4002, 4005, 4006, 1xxx: reconnect with back-off, then resume
+      case 4009: // the server drains for a deploy: come back at once (spread), with resume
+        setState("reconnecting", `${label}, reconnecting`);
+        session.reconnectTimer = setTimeout(connect, Math.random() * 1000);
+        return;
+      default: // 4002, 4005, 4006, 4008, 1xxx: reconnect with back-off, then resume
         scheduleReconnect(label);
     }
   }
@@ -295,6 +301,9 @@
         break;
       case "subscribed":
         for (const symbol of data) quoteRow(symbol)?.setAttribute("data-subscribed", "");
+        break;
+      case "reconnect": // the server is going away: it closes with 4009 within the window
+        note(`server restarting: reconnecting within ${(data.within_ms / 1000).toFixed(1)} s`);
         break;
       case "error":
         onError(data);
