@@ -73,7 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": [],
     # Sockets open without having authorized, per client address and per server
     # process; one more is held, then closed with 4006.
-    "MAX_UNAUTHENTICATED_PER_ADDRESS": 100,
+    "MAX_UNAUTHENTICATED_PER_ADDRESS": 1000,
     "MAX_UNAUTHENTICATED": 5000,
     # Failed authorizations of one address (fading by half every 60 s) answered at
     # once; past them, the 4001 comes after a delay doubling up to the maximum (s).

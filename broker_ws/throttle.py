@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -145,8 +146,11 @@ class Throttle:
         return self._delay(value)
 
     def hold(self, address: str) -> float:
-        """How long to hold a socket refused by :meth:`admit` before closing it."""
-        return max(MIN_HOLD, self._delay(self.score(address)))
+        """How long to hold a socket refused by :meth:`admit` before closing it: the
+        address's penalty, drawn from its upper half so that sockets refused together
+        are not released (and do not come back) together."""
+        penalty = max(MIN_HOLD, self._delay(self.score(address)))
+        return random.uniform(max(MIN_HOLD, penalty / 2), penalty)
 
     @staticmethod
     def _delay(score: float) -> float:

@@ -19,6 +19,7 @@ raising "Too many connections" when a connect storm briefly needs more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import weakref
@@ -152,11 +153,15 @@ class RedisSubscriber(Subscriber):
         self._reachable = False
         self._outage_logged = False
         self._closed = False
+        self._connected = asyncio.Event()  # set once the reader has connected
 
     async def start(self) -> None:
-        """Start the reader, which connects in the background: a Redis that is down or
-        stalled when the server starts delays no authorization."""
+        """Start the reader, which connects in the background, and wait for its first
+        connection at most :data:`CONFIRM_TIMEOUT`: a Redis that is down or stalled when
+        the server starts delays the first authorizations by that much, no more."""
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), CONFIRM_TIMEOUT)
 
     def _unreachable(self, exc: BaseException) -> None:
         """Log an outage once, when it starts, however many calls fail during it."""
@@ -171,6 +176,7 @@ class RedisSubscriber(Subscriber):
 
     def _reachable_again(self) -> None:
         self._reachable = True
+        self._connected.set()
         if self._outage_logged:
             self._outage_logged = False
             logger.warning("broker_ws: Redis reachable again")
