@@ -270,14 +270,18 @@ class Hub:
     async def _advance(self, state: LoginState) -> None:
         """Deliver the pending frames that follow the last delivered one; start a gap
         fill if what is left does not follow."""
+        await self._deliver_following(state)
+        if state.pending and not state.busy:
+            self._fill_gap_soon(state)
+
+    async def _deliver_following(self, state: LoginState) -> None:
+        """Drop pending frames already delivered; deliver those that follow in seq."""
         assert state.seq is not None
         pending = state.pending
         for seq in [s for s in pending if s <= state.seq]:
             del pending[seq]
         while state.seq + 1 in pending:
             await self._deliver(state, state.seq + 1, pending.pop(state.seq + 1))
-        if pending and not state.busy:
-            self._fill_gap_soon(state)
 
     def _fill_gap_soon(self, state: LoginState) -> None:
         state.busy = True
@@ -313,10 +317,7 @@ class Hub:
                         # when read): deliver the first pending one with the gap.
                         first = min(state.pending)
                         await self._deliver(state, first, state.pending.pop(first))
-                for seq in [s for s in state.pending if s <= state.seq]:
-                    del state.pending[seq]
-                while state.seq + 1 in state.pending:
-                    await self._deliver(state, state.seq + 1, state.pending.pop(state.seq + 1))
+                await self._deliver_following(state)
         except Exception:
             logger.exception("broker_ws: filling a gap of %s failed", state.login)
         finally:
