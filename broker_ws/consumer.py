@@ -36,7 +36,7 @@ from django.db import Error as DatabaseError
 from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
 from broker_ws.conf import conf
-from broker_ws.direct_write import EncodedFrame, close_frame_on_failure
+from broker_ws.direct_write import EncodedFrame, allow_close_handshake, close_frame_on_failure
 from broker_ws.drain import get_drain
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.hub import Hub, get_hub
@@ -97,6 +97,9 @@ class StreamConsumer(AsyncConsumer):
                     break
         finally:
             self._forget()
+            # Only now, with the connection gone, is the session off the drain's
+            # books: a drain waits for the close frames it asked for to be written.
+            get_drain().discard(self)
 
     # --- lifecycle ------------------------------------------------------
     async def _on_connect(self) -> None:
@@ -155,11 +158,17 @@ class StreamConsumer(AsyncConsumer):
         await self.out.send_last(_UNAVAILABLE_REPLY)  # ahead of the held replies
         await self.close(CloseCode.UNAVAILABLE)
 
-    async def close(self, code: CloseCode) -> None:
-        """Close the session with a documented code and leave the hub."""
+    async def close(self, code: CloseCode, answer_within: float = 0.0) -> None:
+        """Close the session with a documented code and leave the hub.
+
+        ``answer_within``: seconds the client may take to answer the close frame
+        (a client behind in reading needs them to read what is buffered before it)
+        before the server drops the connection; 0 keeps the server's own limit."""
         if self.closed:
             return
         self.closed = True
+        if answer_within > 0:
+            allow_close_handshake(self.base_send, answer_within)
         metrics.CLOSES.labels(code=str(int(code))).inc()
         logger.info("broker_ws: closing session with %s (%d)", code.name, code)
         try:
@@ -171,7 +180,6 @@ class StreamConsumer(AsyncConsumer):
 
     def _forget(self) -> None:
         self.closed = True
-        get_drain().discard(self)
         self._release_admission()
         if self._counted:
             self._counted = False
@@ -194,6 +202,11 @@ class StreamConsumer(AsyncConsumer):
     async def push(self, text: str) -> None:
         """Send one frame after every frame queued before it."""
         await self.out.push(text)
+
+    async def notify(self, text: str) -> None:
+        """Send a control notice at once, ahead of anything queued (see
+        :meth:`Outgoing.send_out_of_band`)."""
+        await self.out.send_out_of_band(text)
 
     def offer_quote(self, key: str, frame: EncodedFrame) -> Awaitable[None] | None:
         """Send a quote frame (see :meth:`Outgoing.offer_quote`)."""

@@ -100,6 +100,22 @@ def close_frame_on_failure(send: Any) -> None:
         protocol.failByDrop = False
 
 
+def allow_close_handshake(send: Any, seconds: float) -> None:
+    """Under daphne, give the client ``seconds`` to answer the close frame the server
+    is about to send, instead of autobahn's one second.
+
+    autobahn aborts the connection (TCP reset) when the answer is late, and a reset
+    loses what the server still buffers for the socket and what the client has not
+    read yet: a client that is behind in reading loses frames sent before the close
+    and the close itself, and sees 1006. Set per connection, before the close;
+    autobahn reads it when it sends the close frame.
+    """
+    protocol = daphne_protocol(send)
+    current = getattr(protocol, "closeHandshakeTimeout", None)
+    if protocol is not None and isinstance(current, (int, float)):
+        protocol.closeHandshakeTimeout = max(float(seconds), current)
+
+
 def _daphne_writer(send: Any) -> Writer | None:
     protocol = daphne_protocol(send)
     if protocol is None:

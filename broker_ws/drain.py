@@ -12,8 +12,12 @@ the first SIGTERM a server process receives starts a drain instead:
    random moment within the window, so that clients which ignore the notice
    still come back spread over it; sessions that open during the drain get
    the notice and 4009 at once;
-3. once every session is closed (or a second after the window), the
-   server's own SIGTERM handler runs, and the server stops as it would have.
+3. once every session's connection is gone (the client answered the close
+   frame, or left), or :data:`GRACE` seconds after the window, the server's own
+   SIGTERM handler runs, and the server stops as it would have. A session
+   counts until its connection is gone, not until its close is asked for: a
+   client that is behind in reading still has its notice and close frame in the
+   server's buffers, and the server's shutdown would drop them (1006).
 
 A second SIGTERM during the drain stops the server at once. The handler is
 installed, once per process, when the first session of a daphne or uvicorn
@@ -40,7 +44,7 @@ from broker_ws.protocol import CloseCode
 logger = logging.getLogger(__name__)
 
 #: How long after the window the drain waits for the last close handshakes.
-GRACE = 1.0
+GRACE = 2.0
 
 
 class DrainableSession(Protocol):
@@ -48,11 +52,12 @@ class DrainableSession(Protocol):
 
     closed: bool
 
-    async def push(self, text: str) -> None:
-        """Send one frame, in order."""
+    async def notify(self, text: str) -> None:
+        """Send a control notice at once, even to a client that is behind in reading."""
 
-    async def close(self, code: CloseCode) -> None:
-        """Close with a documented code."""
+    async def close(self, code: CloseCode, answer_within: float = 0.0) -> None:
+        """Close with a documented code, giving the client ``answer_within`` seconds
+        to answer the close frame."""
 
 
 def reconnect_notice(within_ms: int) -> str:
@@ -131,10 +136,9 @@ class Drain:
         )
         for session in sessions:
             self._spawn(self._send_away(session, random.uniform(0, window)))
-        # Wait for the last close, and a moment for its handshake.
+        # Wait until the last connection is gone (its close handshake done).
         while self.sessions and loop.time() < self._deadline + GRACE:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(min(GRACE, 0.2))
         logger.warning("broker_ws: drained; handing over to the server's shutdown")
         self._hand_over()
 
@@ -142,10 +146,12 @@ class Drain:
         loop = asyncio.get_running_loop()
         remaining = max(self._deadline - loop.time(), 0.0)
         try:
-            await session.push(reconnect_notice(int(remaining * 1000)))
+            await session.notify(reconnect_notice(int(remaining * 1000)))
             await asyncio.sleep(delay)
             if not session.closed:
-                await session.close(CloseCode.RESTARTING)
+                # Until the drain hands over: time for a client behind in reading.
+                patience = self._deadline + GRACE - loop.time()
+                await session.close(CloseCode.RESTARTING, answer_within=patience)
         except Exception as exc:  # the client left meanwhile
             logger.debug("broker_ws: drain of a session ended early (%r)", exc)
 

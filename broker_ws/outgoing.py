@@ -147,6 +147,14 @@ class Outgoing:
                 self._ordered.extendleft(reversed(replies))
                 await self._flush()
 
+    async def send_out_of_band(self, text: str) -> None:
+        """Write a control frame at once, ahead of anything held or queued, even to a
+        slow client: for a notice whose order against other frames carries no meaning
+        and which must not wait behind (or be dropped with) a slow client's queue."""
+        if self.closed:
+            return
+        await self._write(text)
+
     async def send_last(self, text: str) -> None:
         """Send the last frame before a close at once, ahead of anything held or
         queued (which the close drops anyway)."""
