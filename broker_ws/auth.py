@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.db import Error as DatabaseError
 from django.utils.module_loading import import_string
 
+from broker_ws.batching import Batcher
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ConfigurationError, Unavailable
-from broker_ws.revocation import revoked_since
+from broker_ws.revocation import latest_revocations
 
 logger = logging.getLogger(__name__)
 
@@ -89,37 +89,88 @@ def validate_access_token(raw: str) -> Any:
         raise AuthenticationError("Token is invalid") from exc
 
 
-def _load_identity(token: Any) -> Identity:
-    try:
-        return _identity_of(token)
-    except DatabaseError as exc:
-        raise Unavailable("the database could not be read") from exc
+def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
+    """The identity of each validated token, or the error that refuses it.
 
-
-def _identity_of(token: Any) -> Identity:
+    One trip to a database thread for every token that waited meanwhile: each
+    user is loaded by simplejwt (one query per token), the revocations of all of
+    them are read in one query, and the login resolver runs once per user.
+    """
     from rest_framework.exceptions import AuthenticationFailed
     from rest_framework_simplejwt.authentication import JWTAuthentication
 
+    checker = JWTAuthentication()
+    results: list[Identity | Exception] = []
+    users: list[Any] = []
+    for token in tokens:
+        try:
+            users.append(checker.get_user(token))
+        except AuthenticationFailed as exc:
+            users.append(AuthenticationError(_detail_text(exc.detail)))
+        except DatabaseError as exc:
+            users.append(_unavailable(exc))
+        except Exception as exc:  # a host's user model: its token alone fails
+            users.append(exc)
+    found = [user for user in users if not isinstance(user, Exception)]
     try:
-        user = JWTAuthentication().get_user(token)
-    except AuthenticationFailed as exc:
-        raise AuthenticationError(_detail_text(exc.detail)) from exc
+        revoked = latest_revocations(str(user.pk) for user in found)
+    except DatabaseError as exc:
+        return [user if isinstance(user, Exception) else _unavailable(exc) for user in users]
+    resolver = get_login_resolver()
+    logins_of: dict[str, tuple[str, ...]] = {}
+    for token, user in zip(tokens, users, strict=True):
+        if isinstance(user, Exception):
+            results.append(user)
+            continue
+        try:
+            results.append(_identity_of(token, user, revoked, resolver, logins_of))
+        except AuthenticationError as exc:
+            results.append(exc)
+        except DatabaseError as exc:
+            results.append(_unavailable(exc))
+        except Exception as exc:  # a host's resolver failing: its token alone fails
+            results.append(exc)
+    return results
+
+
+def _unavailable(exc: DatabaseError) -> Unavailable:
+    error = Unavailable("the database could not be read")
+    error.__cause__ = exc
+    return error
+
+
+def _identity_of(
+    token: Any,
+    user: Any,
+    revoked: dict[str, dt.datetime],
+    resolver: LoginResolver,
+    logins_of: dict[str, tuple[str, ...]],
+) -> Identity:
     if not getattr(user, "is_active", False):
         raise AuthenticationError("user is inactive")
+    user_id = str(user.pk)
     issued = token.get("iat")
-    if issued is not None and revoked_since(
-        str(user.pk), dt.datetime.fromtimestamp(int(issued), tz=dt.UTC)
+    latest = revoked.get(user_id)
+    if (
+        issued is not None
+        and latest is not None
+        and latest >= dt.datetime.fromtimestamp(int(issued), tz=dt.UTC)
     ):
         raise AuthenticationError("token was revoked")
-    resolver = get_login_resolver()
-    logins = tuple(dict.fromkeys(str(login) for login in resolver(user)))
+    if user_id not in logins_of:  # several tokens of one user in one trip
+        logins_of[user_id] = tuple(dict.fromkeys(str(login) for login in resolver(user)))
     return Identity(
-        user_id=str(user.pk),
+        user_id=user_id,
         username=str(user.get_username()),
-        logins=logins,
+        logins=logins_of[user_id],
         expires_ms=int(token["exp"]) * 1000,
         issued_at=int(issued or 0),
     )
+
+
+#: Identity loads asked while one trip to the database thread is under way go on
+#: the next one together (:mod:`broker_ws.batching`).
+_identities: Batcher[Any, Identity] = Batcher(_load_identities)
 
 
 def _detail_text(detail: Any) -> str:
@@ -137,4 +188,4 @@ async def authenticate(raw: str) -> Identity:
         Unavailable: the database failed while checking it.
     """
     token = validate_access_token(raw)
-    return await database_sync_to_async(_load_identity)(token)
+    return await _identities.of_this_loop().run(token)

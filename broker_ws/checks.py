@@ -37,7 +37,9 @@ _COUNTS = (
 )
 _SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
 #: Durations where 0 turns the feature off.
-_SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY")
+_SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY", "GC_RECLAIM_INTERVAL")
+#: Counts where 0 turns the feature off.
+_COUNTS_OR_OFF = ("GC_FREEZE_EVERY",)
 
 
 def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -85,6 +87,15 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
             errors.append(
                 Error(
                     f"BROKER_WS['{name}'] must be a number of seconds (0 turns it off).",
+                    id="broker_ws.E005",
+                )
+            )
+    for name in _COUNTS_OR_OFF:
+        value = user.get(name, DEFAULTS[name])
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            errors.append(
+                Error(
+                    f"BROKER_WS['{name}'] must be an integer >= 0 (0 turns it off).",
                     id="broker_ws.E005",
                 )
             )

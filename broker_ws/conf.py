@@ -79,6 +79,13 @@ DEFAULTS: dict[str, Any] = {
     # once; past them, the 4001 comes after a delay doubling up to the maximum (s).
     "AUTH_FAILURE_BURST": 10,
     "AUTH_FAILURE_MAX_DELAY": 10.0,
+    # Sessions authorized between two freezes of the garbage collector's view
+    # (broker_ws/collector.py): after that many, a full collection over what is
+    # new, then gc.freeze(); 0 leaves the collector alone.
+    "GC_FREEZE_EVERY": 200,
+    # Seconds between two reclaims of what died frozen in a reference cycle (one
+    # full collection over everything); 0: never.
+    "GC_RECLAIM_INTERVAL": 3600.0,
 }
 
 
@@ -186,6 +193,14 @@ class Settings:
     @property
     def AUTH_FAILURE_MAX_DELAY(self) -> float:
         return float(self._get("AUTH_FAILURE_MAX_DELAY"))
+
+    @property
+    def GC_FREEZE_EVERY(self) -> int:
+        return int(self._get("GC_FREEZE_EVERY"))
+
+    @property
+    def GC_RECLAIM_INTERVAL(self) -> float:
+        return float(self._get("GC_RECLAIM_INTERVAL"))
 
 
 conf = Settings()

@@ -35,8 +35,14 @@ from django.db import Error as DatabaseError
 
 from broker_ws import frames, metrics, protocol
 from broker_ws.auth import Identity, authenticate
+from broker_ws.collector import get_collector
 from broker_ws.conf import conf
-from broker_ws.direct_write import EncodedFrame, allow_close_handshake, close_frame_on_failure
+from broker_ws.direct_write import (
+    EncodedFrame,
+    allow_close_handshake,
+    close_frame_on_failure,
+    release_when_forgotten,
+)
 from broker_ws.drain import get_drain
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.hub import Hub, get_hub
@@ -100,6 +106,7 @@ class StreamConsumer(AsyncConsumer):
             # Only now, with the connection gone, is the session off the drain's
             # books: a drain waits for the close frames it asked for to be written.
             get_drain().discard(self)
+            release_when_forgotten(send)
 
     # --- lifecycle ------------------------------------------------------
     async def _on_connect(self) -> None:
@@ -113,6 +120,7 @@ class StreamConsumer(AsyncConsumer):
         close_frame_on_failure(self.base_send)
         await self.base_send({"type": "websocket.accept"})
         self._ping_phase = ping_phase(self.base_send)
+        get_collector().session_event()
         drain = get_drain()
         drain.install(self.base_send)
         drain.add(self)
@@ -355,6 +363,7 @@ class StreamConsumer(AsyncConsumer):
             if seqs is None:
                 return  # closed meanwhile: the hub did not register it
             metrics.AUTHENTICATED.inc()
+            get_collector().session_event()
             self.identity = identity
             self._release_admission()
             replay: list[str] = []

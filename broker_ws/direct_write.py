@@ -26,7 +26,9 @@ way.
 
 from __future__ import annotations
 
+import pprint
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -93,11 +95,132 @@ def close_frame_on_failure(send: Any) -> None:
     error, invalid UTF-8) by dropping TCP while ``failByDrop`` is on, its default,
     which daphne never changes: the client saw 1006 instead of the 1009 (1002,
     1007) with a reason that protocol.md promises. Set per connection, before
-    the accept; autobahn reads it when it fails the connection.
+    the accept; autobahn reads it when it fails the connection. The first
+    daphne connection of a process also runs
+    :func:`skip_autobahn_debug_pretty_printing`.
     """
+    global _pretty_printing_checked
     protocol = daphne_protocol(send)
     if protocol is not None:
         protocol.failByDrop = False
+        if not _pretty_printing_checked:  # the first daphne connection of the process
+            _pretty_printing_checked = True
+            skip_autobahn_debug_pretty_printing()
+            release_upgrade_requests(send)
+
+
+_pretty_printing_checked = False
+
+
+def _plain_repr(obj: object, *args: Any, **kwargs: Any) -> str:
+    return repr(obj)
+
+
+def skip_autobahn_debug_pretty_printing() -> bool:
+    """Stop autobahn pretty-printing debug-log arguments it then drops.
+
+    ``WebSocketProtocol._connectionMade`` passes ``pformat`` of its 25 options to
+    ``log.debug`` for every connection, whether or not debug logging is on: a
+    tenth of the event loop's time in a reconnect storm (bench/storm.py, profiled
+    with py-spy). Its module's ``pformat`` becomes ``repr``, which gives the same
+    text on one line. Done once, and only while that name is still the standard
+    library's ``pformat``; returns whether it is in place.
+    """
+    module = sys.modules.get("autobahn.websocket.protocol")
+    if module is None:
+        return False
+    current = getattr(module, "pformat", None)
+    if current is pprint.pformat:
+        module.pformat = _plain_repr  # type: ignore[attr-defined]
+        return True
+    return current is _plain_repr
+
+
+#: Seconds between two looks at whether daphne has forgotten a closed connection.
+FORGOTTEN_CHECK = 1.5
+#: Looks before giving up (daphne reaps once a second; a slow reap is left as it is).
+FORGOTTEN_TRIES = 8
+
+
+def release_upgrade_requests(send: Any) -> bool:
+    """Under daphne, free each WebSocket upgrade's HTTP request by reference counting.
+
+    daphne upgrades a connection by handing its transport from Twisted's
+    ``HTTPChannel`` to a new WebSocket protocol. The channel and its request then
+    refer to each other (``channel.requests``, ``request.channel``) and to nothing
+    else: a reference cycle per connection that only a garbage collection frees,
+    and in a connect storm, where it is promoted to the oldest generation before it
+    dies, only a full one. daphne tells its server when the request is done with
+    (``protocol_disconnected(request)``, right after the upgrade); the server's
+    method is wrapped, once per server, to break the cycle at the next turn of the
+    loop, once daphne has finished with the channel. Returns whether it is wrapped.
+    """
+    protocol = daphne_protocol(send)
+    server = getattr(protocol, "server", None)
+    if server is None or not type(server).__module__.startswith("daphne."):
+        return False
+    original = getattr(server, "protocol_disconnected", None)
+    if getattr(original, "_broker_ws_wrapped", False):
+        return True
+    if not callable(original):
+        return False
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def protocol_disconnected(disconnected: Any) -> Any:
+        result = original(disconnected)
+        if getattr(disconnected, "transport", True) is None and hasattr(disconnected, "channel"):
+            loop.call_soon(_break_request_cycle, disconnected)  # an upgraded request
+        return result
+
+    protocol_disconnected._broker_ws_wrapped = True  # type: ignore[attr-defined]
+    server.protocol_disconnected = protocol_disconnected
+    return True
+
+
+def _break_request_cycle(request: Any) -> None:
+    channel = getattr(request, "channel", None)
+    requests = getattr(channel, "requests", None)
+    if isinstance(requests, list) and request in requests:
+        requests.remove(request)
+    request.channel = None
+
+
+def release_when_forgotten(send: Any) -> None:
+    """Under daphne, once daphne has forgotten a closed connection, clear its protocol.
+
+    daphne's ``WebSocketProtocol`` holds Deferreds whose callbacks are its own
+    bound methods (and autobahn's per-connection state refers back to it), so a
+    closed connection is one reference cycle that only a garbage collection
+    frees, and for a session that lived long, only a full one, which walks every
+    live session (docs/deployment.md, "gc.freeze()"). Once daphne has dropped
+    the protocol from ``server.connections`` (its application checker does so
+    about a second after the connection ends), nothing calls it any more;
+    clearing its attributes breaks the cycle and reference counting frees it.
+    """
+    protocol = daphne_protocol(send)
+    connections = getattr(getattr(protocol, "server", None), "connections", None)
+    if protocol is None or not isinstance(connections, dict):
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(FORGOTTEN_CHECK, _clear_if_forgotten, loop, protocol, connections, 1)
+
+
+def _clear_if_forgotten(loop: Any, protocol: Any, connections: dict[Any, Any], tries: int) -> None:
+    if protocol in connections or getattr(protocol, "state", None) != getattr(
+        protocol, "STATE_CLOSED", object()
+    ):
+        if tries < FORGOTTEN_TRIES:
+            loop.call_later(
+                FORGOTTEN_CHECK, _clear_if_forgotten, loop, protocol, connections, tries + 1
+            )
+        return
+    state = protocol.state
+    vars(protocol).clear()
+    protocol.state = state  # what a late timer of autobahn's looks at first
 
 
 def allow_close_handshake(send: Any, seconds: float) -> None:

@@ -33,12 +33,23 @@ from django.db import Error as DatabaseError  # InterfaceError is not a Database
 from broker_ws import broadcasts, groups, metrics, outbox, poller, tails
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
+from broker_ws.batching import Batcher
 from broker_ws.conf import conf
 from broker_ws.direct_write import EncodedFrame
 from broker_ws.exceptions import TooManySessions, Unavailable
 from broker_ws.revocation import parse_revocation, revocation_payload
 
 logger = logging.getLogger(__name__)
+
+
+def _current_seqs(logins: list[str]) -> list[int]:
+    """The current seq of each login, in one query (a database error fails them all)."""
+    current = outbox.current_seqs(dict.fromkeys(logins))
+    return [current[login] for login in logins]
+
+
+#: Reads of logins' current seqs asked while one is under way go on the next one.
+_login_seqs: Batcher[str, int] = Batcher(_current_seqs)
 
 #: Due outbox events whose frames could not be read, kept to ask for again.
 MAX_UNFETCHED = 10_000
@@ -581,8 +592,7 @@ class Hub:
         channel = groups.login_group(state.login)
         try:
             await self.subscriber.subscribe([channel])
-            current = await database_sync_to_async(outbox.current_seqs)([state.login])
-            state.seq = current[state.login]
+            state.seq = await _login_seqs.of_this_loop().run(state.login)
             await self._advance(state)
         finally:
             state.ready = None

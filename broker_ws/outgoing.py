@@ -74,6 +74,10 @@ def _twisted_buffer_size(transport: Any) -> int:
     return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
 
+async def _nothing_to_do() -> None:
+    return None
+
+
 class Outgoing:
     """The ordered, flow-controlled frames of one session."""
 
@@ -165,8 +169,12 @@ class Outgoing:
         await self._write(text)
 
     def close(self) -> None:
-        """Drop everything still queued; the session is gone."""
+        """Drop everything still queued; the session is gone.
+
+        Also lets go of the session's callback, so that a closed session is freed by
+        reference counting rather than left to the cycle collector."""
         self.closed = True
+        self._on_too_slow = _nothing_to_do
         self._ordered.clear()
         self._quotes.clear()
         if self._watch is not None:
@@ -228,8 +236,9 @@ class Outgoing:
                 "broker_ws: closing a session that stopped reading (%d frames pending)",
                 len(self._ordered),
             )
+            too_slow = self._on_too_slow  # close() lets go of it
             self.close()
-            await self._on_too_slow()
+            await too_slow()
 
     # --- slow mode ----------------------------------------------------------
     def _become_slow(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -112,6 +113,22 @@ def _announce(payload: str) -> None:
 def revoked_since(user_id: str, issued_at: dt.datetime) -> bool:
     """Whether ``user_id`` was revoked at or after ``issued_at``."""
     return Revocation.objects.filter(user_id=user_id, revoked_at__gte=issued_at).exists()
+
+
+def latest_revocations(user_ids: Iterable[str]) -> dict[str, dt.datetime]:
+    """The latest revocation of each of ``user_ids`` that has one, in one query."""
+    from django.db.models import Max
+
+    ids = sorted(set(user_ids))
+    if not ids:
+        return {}
+    rows = (
+        Revocation.objects.filter(user_id__in=ids)
+        .values("user_id")
+        .annotate(latest=Max("revoked_at"))
+        .values_list("user_id", "latest")
+    )
+    return {str(user_id): latest for user_id, latest in rows}
 
 
 def revoke_deactivated(sender: Any, instance: Any, **kwargs: Any) -> None:

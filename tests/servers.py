@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,12 @@ class Deployment:
         """Run Python code in ``manage.py shell``, in a process of its own."""
         return self.manage("shell", "-c", code)
 
-    def start_server(self, *extra: str) -> str:
-        """Start ``manage.py rundemo`` (daphne) on a free port; return its base URL."""
+    def start_server(self, *extra: str, wrapper: Sequence[str] = ()) -> str:
+        """Start ``manage.py rundemo`` (daphne) on a free port; return its base URL.
+        ``wrapper``: a script and its arguments that run ``manage.py ...`` themselves."""
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "manage.py", "rundemo", "--port", str(port), *extra],
+            [sys.executable, *wrapper, "manage.py", "rundemo", "--port", str(port), *extra],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

@@ -241,7 +241,21 @@ def test_check_e005_drain_window_not_a_non_negative_number(value):
 
 
 def test_check_e005_drain_window_zero_turns_it_off():
-    assert _ids(DRAIN_WINDOW=0, AUTH_FAILURE_MAX_DELAY=0) == []
+    assert _ids(DRAIN_WINDOW=0, AUTH_FAILURE_MAX_DELAY=0, GC_RECLAIM_INTERVAL=0) == []
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "200", True, None])
+def test_check_e005_gc_freeze_every_not_a_non_negative_integer(value):
+    assert "broker_ws.E005" in _ids(GC_FREEZE_EVERY=value)
+
+
+@pytest.mark.parametrize("value", [-1, "3600", True, None])
+def test_check_e005_gc_reclaim_interval_not_a_non_negative_number(value):
+    assert "broker_ws.E005" in _ids(GC_RECLAIM_INTERVAL=value)
+
+
+def test_check_gc_freeze_every_zero_turns_it_off():
+    assert _ids(GC_FREEZE_EVERY=0) == []
 
 
 @pytest.mark.parametrize(
