@@ -20,14 +20,21 @@ until the next reclaim: every ``GC_RECLAIM_INTERVAL`` seconds the process
 unfreezes, runs one full collection over everything (the pause this module
 otherwise avoids, once per interval instead of every few seconds under load)
 and freezes again. ``GC_FREEZE_EVERY = 0`` leaves the collector alone.
+
+At the end of a burst, when at least ``GC_FREEZE_EVERY`` sessions have closed
+since the last time, the C heap's free pages are also given back to the system
+(:func:`return_free_memory`), or the process would keep its peak RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
+from typing import Any
 
 from broker_ws.conf import conf
 
@@ -35,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds without a new session after which what the last ones left is frozen.
 SETTLE = 1.0
+#: Seconds at most between a session event and the freeze that covers it, when
+#: sessions keep trickling in and the burst never settles.
+SETTLE_AT_MOST = 5.0
 
 
 class Collector:
@@ -46,21 +56,28 @@ class Collector:
         self.reclaims = 0
         self._scheduled = False
         self._last_opened = 0.0
+        self._first_pending = 0.0
+        self.closed_since_trim = 0
         self._settle: asyncio.TimerHandle | None = None
         self._reclaim: asyncio.TimerHandle | None = None
         self._frozen_by_us = False
+        #: Whether the last burst's end gave free heap memory back to the system.
+        self.trimmed = False
 
     def session_event(self) -> None:
         """Count a session accepted or authorized (each allocates what it keeps);
-        freeze at the next turn of the loop once
-        ``GC_FREEZE_EVERY`` have been counted, or once :data:`SETTLE` seconds have
-        passed without one (what the last sessions of a storm left)."""
+        freeze at the next turn of the loop once ``GC_FREEZE_EVERY`` have been
+        counted, or once :data:`SETTLE` seconds have passed without one (what the
+        last sessions of a storm left), or :data:`SETTLE_AT_MOST` after the first
+        one still pending."""
         every = conf.GC_FREEZE_EVERY
         if every <= 0:
             return
         self.opened_since_freeze += 1
         loop = asyncio.get_running_loop()
         self._last_opened = loop.time()
+        if self.opened_since_freeze == 1:
+            self._first_pending = self._last_opened
         if self.opened_since_freeze >= every and not self._scheduled:
             self._scheduled = True
             loop.call_soon(self.freeze)
@@ -74,11 +91,21 @@ class Collector:
         if self.opened_since_freeze == 0:
             return
         loop = asyncio.get_running_loop()
-        quiet = loop.time() - self._last_opened
-        if quiet >= SETTLE:
+        now = loop.time()
+        quiet = now - self._last_opened
+        if quiet >= SETTLE or now - self._first_pending >= SETTLE_AT_MOST:
             self.freeze()
+            if self.closed_since_trim >= conf.GC_FREEZE_EVERY:  # many sessions left
+                self.closed_since_trim = 0
+                self.trimmed = return_free_memory()
         else:
-            self._settle = loop.call_later(SETTLE - quiet, self._freeze_when_settled)
+            wait = min(SETTLE - quiet, self._first_pending + SETTLE_AT_MOST - now)
+            self._settle = loop.call_later(max(wait, 0.0), self._freeze_when_settled)
+
+    def session_closed(self) -> None:
+        """Count a session gone: after many, the end of the next burst gives free
+        heap memory back (:func:`return_free_memory`)."""
+        self.closed_since_trim += 1
 
     def freeze(self) -> float:
         """Collect what is not frozen, then freeze what survived; the pause in ms."""
@@ -110,6 +137,39 @@ class Collector:
             self._reclaim = loop.call_later(conf.GC_RECLAIM_INTERVAL, self.reclaim)
         return pause
 
+
+def return_free_memory() -> bool:
+    """Give the C heap's free memory back to the system (glibc's ``malloc_trim``).
+
+    After a burst of connections (a flood of bad tokens, a reconnect storm whose
+    sessions left), their buffers are free but glibc keeps the pages: the
+    process's RSS stays at its peak. ``malloc_trim(0)`` returns what it can (about
+    20 of 66 MB after bench/flood.py's 2000-connection flood; the rest is Python's
+    own allocator, whose arenas stay while any object in them lives). Run once at
+    the end of a burst. False where the C library has no ``malloc_trim`` (musl,
+    macOS).
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _malloc_trim() -> Any:
+    global _trim, _trim_looked_up
+    if not _trim_looked_up:
+        _trim_looked_up = True
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _trim = getattr(libc, "malloc_trim", None)
+        except OSError:
+            _trim = None
+    return _trim
+
+
+_trim: Any = None
+_trim_looked_up = False
 
 _collector: Collector | None = None
 

@@ -191,6 +191,7 @@ class StreamConsumer(AsyncConsumer):
         self._release_admission()
         if self._counted:
             self._counted = False
+            get_collector().session_closed()
             metrics.SESSIONS.dec()
             metrics.SUBSCRIPTIONS.dec(len(self.symbols))
             if self.identity is not None:

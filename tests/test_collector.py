@@ -137,6 +137,28 @@ async def test_what_the_last_sessions_of_a_storm_left_is_frozen_once_they_stop(
         while collector.freezes == 0:
             await asyncio.sleep(0.02)
     assert collector.freezes == 1 and collector.opened_since_freeze == 0
+    assert not collector.trimmed  # no session left meanwhile
+
+
+@override_settings(BROKER_WS={"GC_FREEZE_EVERY": 1000, "GC_RECLAIM_INTERVAL": 0})
+async def test_a_trickle_that_never_settles_is_frozen_within_settle_at_most(
+    unfrozen: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions keep coming (a probe every 50 ms): the freeze still comes, and after
+    many closes it gives free heap memory back."""
+    monkeypatch.setattr("broker_ws.collector.SETTLE", 0.2)
+    monkeypatch.setattr("broker_ws.collector.SETTLE_AT_MOST", 0.6)
+    collector = Collector()
+    for _ in range(1000):
+        collector.session_closed()
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        while collector.freezes == 0:
+            collector.session_event()
+            await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= 0.6
+    assert collector.trimmed == sys.platform.startswith("linux")  # glibc's malloc_trim
+    assert collector.closed_since_trim == 0
 
 
 @override_settings(BROKER_WS={"GC_FREEZE_EVERY": 0})
