@@ -26,6 +26,7 @@ way.
 
 from __future__ import annotations
 
+import asyncio
 import pprint
 import struct
 import sys
@@ -97,19 +98,19 @@ def close_frame_on_failure(send: Any) -> None:
     1007) with a reason that protocol.md promises. Set per connection, before
     the accept; autobahn reads it when it fails the connection. The first
     daphne connection of a process also runs
-    :func:`skip_autobahn_debug_pretty_printing`.
+    :func:`skip_autobahn_debug_pretty_printing` and :func:`release_upgrade_requests`.
     """
-    global _pretty_printing_checked
+    global _first_connection_seen
     protocol = daphne_protocol(send)
     if protocol is not None:
         protocol.failByDrop = False
-        if not _pretty_printing_checked:  # the first daphne connection of the process
-            _pretty_printing_checked = True
+        if not _first_connection_seen:  # the first daphne connection of the process
+            _first_connection_seen = True
             skip_autobahn_debug_pretty_printing()
             release_upgrade_requests(send)
 
 
-_pretty_printing_checked = False
+_first_connection_seen = False
 
 
 def _plain_repr(obj: object, *args: Any, **kwargs: Any) -> str:
@@ -164,8 +165,6 @@ def release_upgrade_requests(send: Any) -> bool:
         return True
     if not callable(original):
         return False
-    import asyncio
-
     loop = asyncio.get_running_loop()
 
     def protocol_disconnected(disconnected: Any) -> Any:
@@ -203,8 +202,6 @@ def release_when_forgotten(send: Any) -> None:
     connections = getattr(getattr(protocol, "server", None), "connections", None)
     if protocol is None or not isinstance(connections, dict):
         return
-    import asyncio
-
     loop = asyncio.get_running_loop()
     loop.call_later(FORGOTTEN_CHECK, _clear_if_forgotten, loop, protocol, connections, 1)
 

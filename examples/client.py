@@ -131,10 +131,11 @@ class Client:
             if self.seq:
                 hello["resume"] = self.seq
                 log("resuming from", self.seq)
-            await ws.send(json.dumps(hello))
             self.authorized, self.pong = False, asyncio.Event()
             tasks = [asyncio.create_task(self.keepalive(ws))]
             try:
+                # A draining server may close (4009) before the hello is even sent.
+                await ws.send(json.dumps(hello))
                 async for text in ws:
                     await self.handle(ws, str(text), tasks)
             except websockets.ConnectionClosed:
@@ -172,11 +173,14 @@ class Client:
         if self.authorized:
             log(f"token refreshed in-band; expires in {expires_in:.0f} s")
         else:
-            self.authorized, self.backoff = True, 0.5
+            self.authorized = True
             log(f"authorized as {data['user']}: logins {data['logins']}, seq {data['seq']}")
             for login in data["logins"]:
                 if login not in self.seq:  # a fresh start, or a login linked since
                     await self.reconcile(login)
+            # Only now is the session good: a snapshot that fails (the database is
+            # down) must not reset the back-off, or the client reconnects every 0.5 s.
+            self.backoff = 0.5
             if self.symbols:
                 await ws.send(json.dumps({"event": "subscribe", "data": self.symbols}))
         # Refresh one minute before expiry (or at 80 % of a short lifetime), same user, no resume.

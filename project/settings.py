@@ -96,13 +96,29 @@ ASGI_APPLICATION = "project.asgi.application"
 
 _database_url = os.environ.get("DATABASE_URL", "")
 if _database_url.startswith(("postgres://", "postgresql://")):
+    _postgres = _postgres_from_url(_database_url)
     DATABASES = {
         "default": {
-            **_postgres_from_url(_database_url),
-            # Keep connections: database_sync_to_async closes them after every call
-            # when CONN_MAX_AGE is 0, and a connect storm would then open one
-            # PostgreSQL connection per authorizing client.
-            "CONN_MAX_AGE": 300,
+            **_postgres,
+            # No persistent connections under ASGI: each HTTP request runs in a
+            # thread of its own, and a kept connection stayed open after its thread
+            # was gone (one per request: 200 PostgreSQL connections, "too many
+            # clients", in a trial with 100 clients). The pool hands connections
+            # back instead, so database_sync_to_async closing them after each call
+            # costs no reconnect.
+            "CONN_MAX_AGE": 0,
+            "OPTIONS": {
+                **_postgres.get("OPTIONS", {}),
+                "pool": {
+                    "min_size": 2,
+                    "max_size": 16,
+                    # Seconds to wait for a connection: while PostgreSQL is down a
+                    # token check is answered "unavailable" (4008) after this.
+                    "timeout": 2,
+                },
+            },
+            # With the pool, Django has psycopg_pool check each connection as it is
+            # handed out.
             "CONN_HEALTH_CHECKS": True,
         }
     }
@@ -113,10 +129,11 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": _sqlite_path or BASE_DIR / "demo.sqlite3",
-            # Keep the connection: database_sync_to_async closes it after every
-            # call otherwise, and reopening (with its PRAGMA) costs more than the
-            # queries of an authorization.
-            "CONN_MAX_AGE": 300,
+            # No persistent connection under ASGI: each HTTP request runs in a
+            # thread of its own, and a kept connection stayed open after its thread
+            # was gone (90 open files after 100 requests). Reopening costs little
+            # now that authorizations share database trips (broker_ws/batching.py).
+            "CONN_MAX_AGE": 0,
             "OPTIONS": {
                 # Wait for the lock instead of failing with "database is locked" when a
                 # second process (a shell, demo_data) saves while the server does.
