@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import Error as DatabaseError  # InterfaceError is not a DatabaseError
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework.permissions import IsAuthenticated
@@ -20,13 +22,48 @@ from broker_ws.auth import get_login_resolver
 from broker_ws.revocation import revoked_since
 from broker_ws.snapshot import account_snapshot, encode_snapshot
 
+logger = logging.getLogger(__name__)
 
-class AccountSnapshotView(APIView):
+#: The body of a 503: the same for every database failure, with no driver text.
+UNAVAILABLE_BODY = b'{"detail":"the database is unavailable; retry later"}'
+
+
+class ServiceUnavailableOnDatabaseError:
+    """Mixin for a DRF view: a database error while handling a request (its
+    authentication included) is answered **503** with ``Retry-After`` and
+    ``{"detail": "the database is unavailable; retry later"}``, and logged as one
+    WARNING line, instead of a 500 with a traceback in the log.
+
+    A failing (or exhausted) database is temporary and not the client's fault; the
+    driver's text, which names the database host and port, stays in the log. Put it
+    first among the bases: ``class LoginView(ServiceUnavailableOnDatabaseError,
+    TokenObtainPairView)``.
+    """
+
+    #: Seconds a client is asked to wait (``Retry-After``).
+    retry_after = 1
+
+    def handle_exception(self, exc: Exception) -> Any:
+        if isinstance(exc, DatabaseError):
+            logger.warning(
+                "broker_ws: %s answered 503, the database failed (%s: %s)",
+                type(self).__name__,
+                type(exc).__name__,
+                exc,
+            )
+            response = HttpResponse(UNAVAILABLE_BODY, status=503, content_type="application/json")
+            response["Retry-After"] = str(self.retry_after)
+            return response
+        return super().handle_exception(exc)  # type: ignore[misc]
+
+
+class AccountSnapshotView(ServiceUnavailableOnDatabaseError, APIView):
     """``GET``: the caller's current balances, open trades and active alerts as stream frames.
 
     Authenticated like the host's other API views (a simplejwt access token
     in the demo). ``?login=1001`` narrows it to one of the caller's logins;
-    another login is answered 404, exactly as one that does not exist.
+    another login is answered 404, exactly as one that does not exist. A database
+    failure is 503 (:class:`ServiceUnavailableOnDatabaseError`).
     """
 
     permission_classes = [IsAuthenticated]
@@ -81,10 +118,11 @@ class RevocationAwareTokenRefreshSerializer(TokenRefreshSerializer):
         return super().validate(attrs)
 
 
-class TokenRefreshView(BaseTokenRefreshView):
+class TokenRefreshView(ServiceUnavailableOnDatabaseError, BaseTokenRefreshView):
     """``POST {"refresh": ...}``: simplejwt's refresh endpoint, aware of revocations.
 
-    Mount it in place of simplejwt's ``TokenRefreshView``.
+    Mount it in place of simplejwt's ``TokenRefreshView``. A database failure is
+    503 (:class:`ServiceUnavailableOnDatabaseError`).
     """
 
     serializer_class = RevocationAwareTokenRefreshSerializer

@@ -111,7 +111,10 @@ if _database_url.startswith(("postgres://", "postgresql://")):
                 **_postgres.get("OPTIONS", {}),
                 "pool": {
                     "min_size": 2,
-                    "max_size": 16,
+                    # Each HTTP request in flight holds one (a burst of logins holds
+                    # them through the password hashing): two demo processes fit in
+                    # PostgreSQL's default max_connections of 100.
+                    "max_size": 32,
                     # Seconds to wait for a connection: while PostgreSQL is down a
                     # token check is answered "unavailable" (4008) after this.
                     "timeout": 2,

@@ -12,8 +12,11 @@ is lost.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import websockets
@@ -58,7 +61,8 @@ async def test_database_down_is_unavailable_4008_without_driver_text_and_recover
     authorizes and a save reaches both sessions."""
     with PrivatePostgres() as postgres, private_deployment(None, postgres) as dep:
         host = dep.start_server("--no-feed")
-        token = obtain_token(host, "alice", "alice-demo-pass")["access"]
+        tokens = obtain_token(host, "alice", "alice-demo-pass")
+        token = tokens["access"]
         watcher = await open_stream(host)
         await watcher.send({"authorization": token})
         seq = (await watcher.recv())["data"]["seq"]["1001"]
@@ -71,6 +75,14 @@ async def test_database_down_is_unavailable_4008_without_driver_text_and_recover
         assert reply["data"]["code"] == "unavailable", reply
         assert not LEAK.search(reply["data"]["message"]), reply
         assert await close_code(refused) == 4008
+        for status, headers, body in await asyncio.gather(
+            asyncio.to_thread(_http, host, "/api/token/", LOGIN),
+            asyncio.to_thread(_http, host, "/api/snapshot/", None, token),
+            asyncio.to_thread(_http, host, "/api/token/refresh/", {"refresh": tokens["refresh"]}),
+        ):  # no 500 with a traceback: 503, retry later, no driver text
+            assert status == 503, (status, body)
+            assert headers.get("Retry-After") == "1", headers
+            assert json.loads(body) == {"detail": "the database is unavailable; retry later"}
         await watcher.send("ping")
         assert await watcher.next_frame(lambda f: f == "pong") == "pong"
 
@@ -96,6 +108,25 @@ async def test_database_down_is_unavailable_4008_without_driver_text_and_recover
         await again.ws.close()
         log = server_log(dep)
     assert "Traceback" not in log, log
+
+
+LOGIN = {"username": "alice", "password": "alice-demo-pass"}
+
+
+def _http(
+    host: str, path: str, body: dict[str, Any] | None, token: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request; its status, headers and body (error statuses included)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{host}{path}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
 
 
 async def test_redis_down_at_start_up_still_authorizes_and_streams_account_frames() -> None:
