@@ -111,10 +111,12 @@ if _database_url.startswith(("postgres://", "postgresql://")):
                 **_postgres.get("OPTIONS", {}),
                 "pool": {
                     "min_size": 2,
-                    # Each HTTP request in flight holds one (a burst of logins holds
-                    # them through the password hashing): two demo processes fit in
-                    # PostgreSQL's default max_connections of 100.
-                    "max_size": 32,
+                    # Each HTTP request in flight holds one, a login through its
+                    # password hashing. More does not help on a small machine: in a
+                    # 100-client login storm on 2 cores, 32 let more hashing run at
+                    # once and all clients were subscribed after 82 s, against 39 s
+                    # with 16 (the rest wait, then get 503 and retry).
+                    "max_size": 16,
                     # Seconds to wait for a connection: while PostgreSQL is down a
                     # token check is answered "unavailable" (4008) after this.
                     "timeout": 2,
