@@ -77,6 +77,22 @@ def mask_frame(opcode: int, data: bytes) -> bytes:
     return header + key + data
 
 
+def take_upgrade_reply(buf: bytearray, key: bytes) -> str | None:
+    """Take the server's reply to a WebSocket upgrade off the front of ``buf``.
+
+    None while its head is not all in ``buf``; then "" when it is a 101 with the
+    ``Sec-WebSocket-Accept`` that ``key`` calls for, or else its status line.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).decode("latin-1")
+    del buf[: end + 4]
+    status = head.split("\r\n", 1)[0]
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+    return "" if " 101 " in status and accept in head else status
+
+
 class Stats:
     """Counters shared by all sessions of this process."""
 
@@ -173,14 +189,11 @@ class Session(asyncio.Protocol):
         buf = self.buf
         buf += data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            accept = base64.b64encode(hashlib.sha1(self.key + GUID).digest()).decode()
-            if " 101 " not in head.split("\r\n", 1)[0] or accept not in head:
-                self._fail("handshake refused: " + head.split("\r\n", 1)[0])
+            refused = take_upgrade_reply(buf, self.key)
+            if refused is None:
+                return  # the reply's head is not all here yet
+            if refused:
+                self._fail("handshake refused: " + refused)
                 self.transport.close()  # type: ignore[union-attr]
                 return
             self.upgraded = True

@@ -56,7 +56,6 @@ import asyncio
 import base64
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import runpy
@@ -81,7 +80,7 @@ from bench.fanout import (  # noqa: E402
     stop_process,
     wait_quiet,
 )
-from bench.loadgen import GUID, mask_frame  # noqa: E402
+from bench.loadgen import mask_frame, take_upgrade_reply  # noqa: E402
 from tests.servers import deployment, free_port, obtain_token, wait_for_port  # noqa: E402
 
 USER, PASSWORD = "alice", "alice-demo-pass"
@@ -214,14 +213,11 @@ class Client(asyncio.Protocol):
         buf = self.buf
         buf += data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            accept = base64.b64encode(hashlib.sha1(self.key + GUID).digest()).decode()
-            if " 101 " not in head.split("\r\n", 1)[0] or accept not in head:
-                self.fail("handshake refused: " + head.split("\r\n", 1)[0])
+            refused = take_upgrade_reply(buf, self.key)
+            if refused is None:
+                return  # the reply's head is not all here yet
+            if refused:
+                self.fail("handshake refused: " + refused)
                 self.abort()
                 return
             self.upgraded = True

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import time
@@ -156,20 +157,15 @@ def return_free_memory() -> bool:
     return True
 
 
+@functools.cache
 def _malloc_trim() -> Any:
-    global _trim, _trim_looked_up
-    if not _trim_looked_up:
-        _trim_looked_up = True
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _trim = getattr(libc, "malloc_trim", None)
-        except OSError:
-            _trim = None
-    return _trim
+    """The C library's ``malloc_trim``, looked up once; None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return getattr(libc, "malloc_trim", None)
 
-
-_trim: Any = None
-_trim_looked_up = False
 
 _collector: Collector | None = None
 
