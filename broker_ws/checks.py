@@ -34,10 +34,13 @@ _COUNTS = (
     "MAX_UNAUTHENTICATED_PER_ADDRESS",
     "MAX_UNAUTHENTICATED",
     "AUTH_FAILURE_BURST",
+    "CONNECT_BURST_PER_ADDRESS",
 )
 _SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
 #: Durations where 0 turns the feature off.
 _SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY", "GC_RECLAIM_INTERVAL")
+#: Rates (per second) where 0 turns the feature off.
+_RATES_OR_OFF = ("CONNECTS_PER_SECOND_PER_ADDRESS",)
 #: Counts where 0 turns the feature off.
 _COUNTS_OR_OFF = ("GC_FREEZE_EVERY",)
 
@@ -87,6 +90,15 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
             errors.append(
                 Error(
                     f"BROKER_WS['{name}'] must be a number of seconds (0 turns it off).",
+                    id="broker_ws.E005",
+                )
+            )
+    for name in _RATES_OR_OFF:
+        value = user.get(name, DEFAULTS[name])
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            errors.append(
+                Error(
+                    f"BROKER_WS['{name}'] must be a number per second (0 turns it off).",
                     id="broker_ws.E005",
                 )
             )

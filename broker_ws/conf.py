@@ -75,6 +75,12 @@ DEFAULTS: dict[str, Any] = {
     # process; one more is held, then closed with 4006.
     "MAX_UNAUTHENTICATED_PER_ADDRESS": 1000,
     "MAX_UNAUTHENTICATED": 5000,
+    # New connections of one client address served at once, then per second (less
+    # while the address keeps failing authorizations); the others wait, unread, and
+    # past MAX_UNAUTHENTICATED_PER_ADDRESS waiting get 429 (broker_ws/admission.py;
+    # daphne only). 0 per second: off.
+    "CONNECT_BURST_PER_ADDRESS": 100,
+    "CONNECTS_PER_SECOND_PER_ADDRESS": 1000.0,
     # Failed authorizations of one address (fading by half every 60 s) answered at
     # once; past them, the 4001 comes after a delay doubling up to the maximum (s).
     "AUTH_FAILURE_BURST": 10,
@@ -185,6 +191,14 @@ class Settings:
     @property
     def MAX_UNAUTHENTICATED(self) -> int:
         return self._get("MAX_UNAUTHENTICATED")
+
+    @property
+    def CONNECT_BURST_PER_ADDRESS(self) -> int:
+        return int(self._get("CONNECT_BURST_PER_ADDRESS"))
+
+    @property
+    def CONNECTS_PER_SECOND_PER_ADDRESS(self) -> float:
+        return float(self._get("CONNECTS_PER_SECOND_PER_ADDRESS"))
 
     @property
     def AUTH_FAILURE_BURST(self) -> int:

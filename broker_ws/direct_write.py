@@ -27,6 +27,7 @@ way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import pprint
 import struct
 import sys
@@ -98,7 +99,8 @@ def close_frame_on_failure(send: Any) -> None:
     1007) with a reason that protocol.md promises. Set per connection, before
     the accept; autobahn reads it when it fails the connection. The first
     daphne connection of a process also runs
-    :func:`skip_autobahn_debug_pretty_printing` and :func:`release_upgrade_requests`.
+    :func:`skip_autobahn_debug_pretty_printing`, :func:`release_upgrade_requests`
+    and :func:`admit_daphne_connections`.
     """
     global _first_connection_seen
     protocol = daphne_protocol(send)
@@ -108,6 +110,7 @@ def close_frame_on_failure(send: Any) -> None:
             _first_connection_seen = True
             skip_autobahn_debug_pretty_printing()
             release_upgrade_requests(send)
+            admit_daphne_connections(send)
 
 
 _first_connection_seen = False
@@ -176,6 +179,118 @@ def release_upgrade_requests(send: Any) -> bool:
     protocol_disconnected._broker_ws_wrapped = True  # type: ignore[attr-defined]
     server.protocol_disconnected = protocol_disconnected
     return True
+
+
+#: Seconds a refused client has to close its side after the 429 before the
+#: socket is aborted.
+REFUSED_LINGER = 2.0
+_REFUSAL_BODY = b"too many connections from this address; retry later\n"
+
+
+def refusal_response(retry_after: int) -> bytes:
+    """The whole HTTP answer to a connection :mod:`broker_ws.admission` refuses."""
+    head = (
+        b"HTTP/1.1 429 Too Many Requests\r\n"
+        b"Retry-After: %d\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % (retry_after, len(_REFUSAL_BODY))
+    )
+    return head + _REFUSAL_BODY
+
+
+def admit_daphne_connections(send: Any) -> bool:
+    """Under daphne, let :mod:`broker_ws.admission` decide every new TCP connection
+    before daphne builds its HTTP protocol.
+
+    daphne's ``HTTPFactory.buildProtocol`` is wrapped, once per server: a
+    connection of an address that still has connections in its bucket gets
+    daphne's protocol as before; any other gets a :class:`HeldConnection` that
+    reads nothing until the admission serves it (then daphne's protocol takes
+    over the transport, as daphne itself hands a transport over at the
+    WebSocket upgrade) or refuses it (429). Returns whether it is wrapped.
+    """
+    protocol = daphne_protocol(send)
+    server = getattr(protocol, "server", None)
+    factory = getattr(server, "http_factory", None)
+    if server is None or factory is None or not type(server).__module__.startswith("daphne."):
+        return False
+    original = getattr(factory, "buildProtocol", None)
+    if getattr(original, "_broker_ws_wrapped", False):
+        return True
+    held_class = _held_connection_class()
+    if not callable(original) or held_class is None:
+        return False
+    from broker_ws.admission import get_admission
+
+    admission = get_admission()
+
+    def buildProtocol(addr: Any) -> Any:
+        host = getattr(addr, "host", None)
+        if not isinstance(host, str) or not admission.applies_to(host) or admission.admit_now(host):
+            return original(addr)
+        held = held_class(original, addr)
+        admission.wait(host, held)
+        return held
+
+    buildProtocol._broker_ws_wrapped = True  # type: ignore[attr-defined]
+    factory.buildProtocol = buildProtocol
+    return True
+
+
+@functools.cache
+def _held_connection_class() -> type | None:
+    """:class:`HeldConnection`, a Twisted protocol, defined once Twisted is there."""
+    try:
+        from twisted.internet.protocol import Protocol
+    except ImportError:  # pragma: no cover - daphne always brings Twisted
+        return None
+
+    class HeldConnection(Protocol):
+        """A connection accepted but not served yet: nothing of it is read, so it
+        costs a socket, not a parse. See :func:`admit_daphne_connections`."""
+
+        def __init__(self, build: Callable[[Any], Any], addr: Any) -> None:
+            self._build = build
+            self._addr = addr
+            self._linger: asyncio.TimerHandle | None = None
+
+        def connectionMade(self) -> None:
+            transport: Any = self.transport
+            transport.pauseProducing()
+
+        def serve(self) -> None:
+            transport: Any = self.transport
+            if not self.connected or transport is None:
+                return
+            channel = self._build(self._addr)
+            transport.protocol = channel
+            channel.makeConnection(transport)
+            transport.resumeProducing()
+
+        def refuse(self, retry_after: int) -> None:
+            transport: Any = self.transport
+            if not self.connected or transport is None:
+                return
+            # Read (and drop) what the client sent, so that the close that follows
+            # is a FIN after the answer, not a reset that could discard it.
+            transport.resumeProducing()
+            transport.write(refusal_response(retry_after))
+            transport.loseWriteConnection()
+            self._linger = asyncio.get_running_loop().call_later(
+                REFUSED_LINGER, transport.abortConnection
+            )
+
+        def dataReceived(self, data: bytes) -> None:
+            pass  # only after a refusal: the request is not answered but by the 429
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.connected = 0
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+
+    return HeldConnection
 
 
 def _break_request_cycle(request: Any) -> None:

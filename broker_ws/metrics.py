@@ -15,6 +15,14 @@ AUTHENTICATED = Gauge("broker_ws_authenticated_sessions", "Sessions that have au
 SUBSCRIPTIONS = Gauge("broker_ws_subscriptions", "Symbol subscriptions over all sessions.")
 FRAMES = Counter("broker_ws_frames_sent", "Data frames handed to sessions, by marker.", ["marker"])
 CLOSES = Counter("broker_ws_closes", "Sessions closed by the server, by close code.", ["code"])
+CONNECTIONS_QUEUED = Gauge(
+    "broker_ws_connections_queued",
+    "New connections waiting, unread, for their address's turn (broker_ws/admission.py).",
+)
+CONNECTIONS_REFUSED = Counter(
+    "broker_ws_connections_refused",
+    "New connections answered 429 at the accept, before any upgrade.",
+)
 AUTH_FAILURES = Counter("broker_ws_auth_failures", "Refused authorization messages.")
 RESUMES = Counter("broker_ws_resumes", "Logins named in a resume, by outcome.", ["outcome"])
 

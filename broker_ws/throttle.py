@@ -24,11 +24,12 @@ own claim). Without that setting the header is ignored: any client can send it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from broker_ws.conf import conf
@@ -45,8 +46,15 @@ SWEEP_AT = 10_000
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(values: Iterable[str]) -> list[Network]:
+@functools.lru_cache(maxsize=8)
+def _networks(values: tuple[str, ...]) -> list[Network]:
     return [ipaddress.ip_network(value, strict=False) for value in values]
+
+
+def is_trusted_proxy(address: str) -> bool:
+    """Whether ``address`` is in ``TRUSTED_PROXIES``."""
+    trusted = conf.TRUSTED_PROXIES
+    return bool(trusted) and _is_in(address, _networks(tuple(trusted)))
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
@@ -63,7 +71,7 @@ def client_address(scope: dict[str, Any]) -> str:
     trusted = conf.TRUSTED_PROXIES
     if not trusted:
         return peer
-    networks = _networks(trusted)
+    networks = _networks(tuple(trusted))
     if not _is_in(peer, networks):
         return peer
     forwarded = _header(scope, b"x-forwarded-for")

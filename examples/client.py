@@ -95,7 +95,7 @@ class Client:
 
     async def run(self) -> int:
         while True:
-            code = None
+            code, not_before = None, 0.0
             try:
                 if not self.api.access:
                     await asyncio.to_thread(self.api.login)
@@ -107,6 +107,9 @@ class Client:
                 log("handshake refused: HTTP", exc.response.status_code)
                 if exc.response.status_code == 403:  # wrong path or Origin: retrying won't help
                     return 1
+                if exc.response.status_code == 429:  # too many connections from this address
+                    retry_after = exc.response.headers.get("Retry-After", "1")
+                    not_before = float(retry_after) if retry_after.isdigit() else 1.0
             except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
                 log("connection failed:", exc)  # HTTPError too: a 502 from a proxy
             if code in NO_RECONNECT:
@@ -119,6 +122,7 @@ class Client:
             else:  # 4008 (a dependency of the server failed), 4002, 4005, 4006, 1xxx
                 delay = random.uniform(self.backoff / 2, self.backoff)
                 self.backoff = min(self.backoff * 2, 30.0)
+            delay = max(delay, not_before)
             log(f"closed with {code}" if code else "no connection", f"- retry in {delay:.1f} s")
             await asyncio.sleep(delay)
 

@@ -78,3 +78,39 @@ async def test_a_close_before_the_hello_is_a_close_code_not_a_crash() -> None:
         client = example.Client(_DownSnapshots(f"http://127.0.0.1:{port}"), [], None)
         for _ in range(20):  # the close races the send; either order must give 4009
             assert await asyncio.wait_for(client.session(), 10) == 4009
+
+
+async def test_a_429_handshake_is_retried_no_sooner_than_its_retry_after(monkeypatch) -> None:
+    """The server's admission refuses a connection with HTTP 429 and Retry-After: the
+    client waits at least that long, not its 0.5 s back-off."""
+    from broker_ws.direct_write import refusal_response
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(refusal_response(7))
+        await writer.drain()
+        writer.close()
+
+    said: list[str] = []
+    retry_logged = asyncio.Event()
+
+    def log(*parts: Any) -> None:
+        said.append(" ".join(str(p) for p in parts))
+        if "retry in" in said[-1]:
+            retry_logged.set()
+
+    monkeypatch.setattr(example, "log", log)
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = example.Client(_DownSnapshots(f"http://127.0.0.1:{port}"), [], None)
+        running = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(retry_logged.wait(), 10)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    assert "handshake refused: HTTP 429" in said, said
+    retry = next(line for line in said if "retry in" in line)
+    assert float(retry.split("retry in ")[1].split(" s")[0]) >= 7.0, retry
