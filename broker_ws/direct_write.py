@@ -263,7 +263,11 @@ def _held_connection_class() -> type | None:
             transport: Any = self.transport
             if not self.connected or transport is None:
                 return
-            channel = self._build(self._addr)
+            try:
+                channel = self._build(self._addr)
+            except Exception:  # daphne has logged it; the connection cannot be served
+                transport.abortConnection()
+                return
             transport.protocol = channel
             channel.makeConnection(transport)
             transport.resumeProducing()
