@@ -92,14 +92,15 @@ def validate_access_token(raw: str) -> Any:
 def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
     """The identity of each validated token, or the error that refuses it.
 
-    One trip to a database thread for every token that waited meanwhile: each
-    user is loaded by simplejwt (one query per token), the revocations of all of
-    them are read in one query, and the login resolver runs once per user.
+    One trip to a database thread for every token that waited meanwhile: the
+    users of all of them are read in one query and checked by simplejwt (see
+    :class:`_PrefetchedUsers`), the revocations of all of them are read in one
+    query, and the login resolver runs once per user.
     """
     from rest_framework.exceptions import AuthenticationFailed
     from rest_framework_simplejwt.authentication import JWTAuthentication
 
-    checker = JWTAuthentication()
+    checker = _batch_checker(JWTAuthentication, tokens)
     results: list[Identity | Exception] = []
     users: list[Any] = []
     for token in tokens:
@@ -131,6 +132,51 @@ def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
         except Exception as exc:  # a host's resolver failing: its token alone fails
             results.append(exc)
     return results
+
+
+class _PrefetchedUsers:
+    """The user model as simplejwt's ``JWTAuthentication.get_user`` sees it in a batch.
+
+    ``get_user`` looks the token's user up with ``user_model.objects.get(<USER_ID_FIELD>=
+    <claim>)`` and then makes its own checks (inactive, password changed); for a
+    batch of tokens that is one query each. This stands in for the model during
+    one batch: the users were read in one query, ``get`` answers from them (or
+    raises the model's ``DoesNotExist``, as the query would), and any other
+    lookup goes to the model itself, so simplejwt's checks are the ones that run.
+    """
+
+    def __init__(self, model: Any, field: str, users: dict[str, Any]) -> None:
+        self.DoesNotExist = model.DoesNotExist
+        self.objects = self
+        self._model, self._field, self._users = model, field, users
+
+    def get(self, **lookup: Any) -> Any:
+        if len(lookup) == 1 and self._field in lookup:
+            user = self._users.get(str(lookup[self._field]))
+            if user is None:
+                raise self.DoesNotExist
+            return user
+        return self._model.objects.get(**lookup)
+
+
+def _batch_checker(checker_class: Any, tokens: list[Any]) -> Any:
+    """A simplejwt authenticator for these tokens; for more than one, one whose users
+    are read in one query (:class:`_PrefetchedUsers`). A failure to read them leaves
+    the plain one, whose queries then fail (or not) token by token."""
+    checker = checker_class()
+    if len(tokens) < 2:
+        return checker
+    from rest_framework_simplejwt.settings import api_settings
+
+    claim, field = api_settings.USER_ID_CLAIM, api_settings.USER_ID_FIELD
+    ids = {str(token[claim]) for token in tokens if claim in token}
+    model = checker.user_model
+    try:
+        users = {str(getattr(u, field)): u for u in model.objects.filter(**{f"{field}__in": ids})}
+    except Exception:
+        return checker
+    checker.user_model = _PrefetchedUsers(model, field, users)
+    return checker
 
 
 def _unavailable(exc: DatabaseError) -> Unavailable:

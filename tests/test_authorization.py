@@ -140,3 +140,25 @@ async def test_new_logins_authorize_in_parallel_while_redis_stalls(stalled_redis
     assert elapsed < 4.0, f"ten new logins took {elapsed:.1f} s with Redis stalled"
     for client in clients:
         await client.close()
+
+
+def test_a_batch_of_tokens_reads_its_users_in_one_query_and_keeps_simplejwts_checks():
+    """Five tokens of five users, one of them inactive and one deleted: one query for
+    the users (it was one per token), and each token still gets simplejwt's verdict."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from broker_ws.auth import AuthenticationError, _load_identities, validate_access_token
+    from tests.conftest import _create_user
+
+    made = [_create_user(f"batch{n}", [f"90{n}"], active=(n != 3)) for n in range(5)]
+    get_user_model().objects.filter(pk=made[4].user_id).delete()
+    tokens = [validate_access_token(user.token) for user in made]
+    with CaptureQueriesContext(connection) as queries:
+        results = _load_identities(tokens)
+    user_queries = [q for q in queries.captured_queries if '"auth_user"' in q["sql"]]
+    assert len(user_queries) == 1, user_queries
+    assert [getattr(r, "username", None) for r in results[:3]] == ["batch0", "batch1", "batch2"]
+    assert isinstance(results[3], AuthenticationError) and "inactive" in str(results[3]).lower()
+    assert isinstance(results[4], AuthenticationError) and "not found" in str(results[4]).lower()
