@@ -28,6 +28,7 @@ WATCHED = (
     "daphne.http_protocol.WebRequest",
     "twisted.web.http.HTTPChannel",
     "twisted.internet.tcp.Server",
+    "broker_ws.direct_write._held_connection_class.<locals>.HeldConnection",
 )
 
 

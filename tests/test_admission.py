@@ -190,3 +190,42 @@ async def test_daphne_paces_one_address_and_refuses_past_its_cap_with_429(tmp_pa
             assert when >= (n - 1) / 10, upgraded
         # the good client did not wait behind 127.0.0.2's queue
         assert good_done < upgraded[-1], (good_done, upgraded)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_held_connections_are_freed_by_reference_counting(tmp_path: Path):
+    """Connections queued and refused at the accept leave nothing to the cycle
+    collector: a held connection and its Twisted transport refer to each other until
+    Twisted lets go of the protocol when the connection is lost, so a flood's held
+    connections are freed as they end, not by a later full collection (which the
+    collector's freeze would put off by an hour)."""
+    from tests.test_collector import PROBE, _once_all_gone
+
+    report = tmp_path / "gc.jsonl"
+    limits = {
+        "GC_FREEZE_EVERY": 0,
+        "CONNECT_BURST_PER_ADDRESS": 1,
+        "CONNECTS_PER_SECOND_PER_ADDRESS": 20,
+        "MAX_UNAUTHENTICATED_PER_ADDRESS": 5,
+    }
+    with deployment("embedded", tmp_path) as dep:
+        dep.env["BROKER_WS_JSON"] = json.dumps(limits)
+        host = dep.start_server("--no-feed", wrapper=[PROBE, str(report)])
+        proc = dep.servers[0]
+        token = obtain_token(host, "alice", "alice-demo-pass")["access"]
+        async with websockets.connect(f"ws://{host}/", proxy=None) as first:
+            await first.send(json.dumps({"authorization": token}))
+            assert json.loads(await first.recv())["event"] == "authorized"
+        before = await _once_all_gone(proc, report)
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(_upgrade_from("127.0.0.2", host, started) for _ in range(20))
+        )
+        heads = [head.split(b"\r\n")[0] for _, head in answers]
+        assert b"HTTP/1.1 429 Too Many Requests" in heads, heads
+        after = await _once_all_gone(proc, report)
+    for kind in (
+        "broker_ws.direct_write._held_connection_class.<locals>.HeldConnection",
+        "twisted.internet.tcp.Server",
+    ):
+        assert after["garbage"].get(kind, 0) == before["garbage"].get(kind, 0), (before, after)
