@@ -43,6 +43,12 @@ _SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY", "GC_RECLAIM_INTERVA
 _RATES_OR_OFF = ("CONNECTS_PER_SECOND_PER_ADDRESS",)
 #: Counts where 0 turns the feature off.
 _COUNTS_OR_OFF = ("GC_FREEZE_EVERY",)
+#: Each of those, the types it takes and how the error says what it must be.
+_OR_OFF: tuple[tuple[tuple[str, ...], Any, str], ...] = (
+    (_SECONDS_OR_OFF, int | float, "a number of seconds (0 turns it off)"),
+    (_RATES_OR_OFF, int | float, "a number per second (0 turns it off)"),
+    (_COUNTS_OR_OFF, int, "an integer >= 0 (0 turns it off)"),
+)
 
 
 def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -84,33 +90,11 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
         if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
             what = "a positive integer" if name in _COUNTS else "a positive number of seconds"
             errors.append(Error(f"BROKER_WS['{name}'] must be {what}.", id="broker_ws.E005"))
-    for name in _SECONDS_OR_OFF:
-        value = user.get(name, DEFAULTS[name])
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            errors.append(
-                Error(
-                    f"BROKER_WS['{name}'] must be a number of seconds (0 turns it off).",
-                    id="broker_ws.E005",
-                )
-            )
-    for name in _RATES_OR_OFF:
-        value = user.get(name, DEFAULTS[name])
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            errors.append(
-                Error(
-                    f"BROKER_WS['{name}'] must be a number per second (0 turns it off).",
-                    id="broker_ws.E005",
-                )
-            )
-    for name in _COUNTS_OR_OFF:
-        value = user.get(name, DEFAULTS[name])
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            errors.append(
-                Error(
-                    f"BROKER_WS['{name}'] must be an integer >= 0 (0 turns it off).",
-                    id="broker_ws.E005",
-                )
-            )
+    for names, kinds, what in _OR_OFF:
+        for name in names:
+            value = user.get(name, DEFAULTS[name])
+            if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+                errors.append(Error(f"BROKER_WS['{name}'] must be {what}.", id="broker_ws.E005"))
     if not isinstance(conf.KEY_PREFIX, str) or not _PREFIX.match(conf.KEY_PREFIX):
         errors.append(
             Error(

@@ -259,7 +259,13 @@ def test_check_gc_freeze_every_zero_turns_it_off():
 
 
 @pytest.mark.parametrize(
-    "name", ["MAX_UNAUTHENTICATED_PER_ADDRESS", "MAX_UNAUTHENTICATED", "AUTH_FAILURE_BURST"]
+    "name",
+    [
+        "MAX_UNAUTHENTICATED_PER_ADDRESS",
+        "MAX_UNAUTHENTICATED",
+        "AUTH_FAILURE_BURST",
+        "CONNECT_BURST_PER_ADDRESS",
+    ],
 )
 def test_check_e005_throttle_counts_must_be_positive(name):
     assert "broker_ws.E005" in _ids(**{name: 0})
@@ -272,3 +278,12 @@ def test_check_e011_trusted_proxies_not_a_list_of_networks(value):
 
 def test_check_e011_trusted_proxies_addresses_and_networks_are_accepted():
     assert _ids(TRUSTED_PROXIES=["127.0.0.1", "10.0.0.0/8", "::1"]) == []
+
+
+@pytest.mark.parametrize("value", [-1, "1000", True, None])
+def test_check_e005_connects_per_second_not_a_non_negative_number(value):
+    assert "broker_ws.E005" in _ids(CONNECTS_PER_SECOND_PER_ADDRESS=value)
+
+
+def test_check_connects_per_second_zero_turns_the_admission_off():
+    assert _ids(CONNECTS_PER_SECOND_PER_ADDRESS=0, CONNECT_BURST_PER_ADDRESS=1) == []
