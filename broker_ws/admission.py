@@ -94,6 +94,7 @@ class Admission:
         self._buckets: dict[str, _Bucket] = {}
         self._queued_total = 0
         self._held_total = 0
+        self._sweep_at = SWEEP_AT
 
     # --- what a server's adapter asks ---------------------------------------------
     def applies_to(self, address: str) -> bool:
@@ -143,7 +144,7 @@ class Admission:
         burst = float(conf.CONNECT_BURST_PER_ADDRESS)
         bucket = self._buckets.get(address)
         if bucket is None:
-            if len(self._buckets) >= SWEEP_AT:
+            if len(self._buckets) >= self._sweep_at:
                 self._sweep(now, burst)
             bucket = self._buckets[address] = _Bucket(burst, now)
             return bucket
@@ -218,6 +219,8 @@ class Admission:
             full = bucket.tokens + (now - bucket.stamp) * self.rate(address) >= burst
             if full and not bucket.queue and bucket.timer is None:
                 del self._buckets[address]
+        # As in Throttle._sweep: with many addresses still active, wait for twice as many.
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._buckets))
 
 
 _admission: Admission | None = None

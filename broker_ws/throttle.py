@@ -109,6 +109,7 @@ class Throttle:
         self._open_total = 0
         #: address -> (score, when it was last raised)
         self._scores: dict[str, tuple[float, float]] = {}
+        self._sweep_at = SWEEP_AT
 
     # --- unauthenticated sockets -----------------------------------------------
     def admit(self, address: str) -> bool:
@@ -147,7 +148,7 @@ class Throttle:
 
     def fail(self, address: str) -> float:
         """Record a failed authorization; the seconds to hold its answer."""
-        if len(self._scores) >= SWEEP_AT:
+        if len(self._scores) >= self._sweep_at:
             self._sweep()
         value = self.score(address) + 1.0
         self._scores[address] = (value, self._clock())
@@ -174,6 +175,9 @@ class Throttle:
         """Forget addresses whose score has faded below one failure."""
         for address in [a for a in self._scores if self.score(a) < 1.0]:
             del self._scores[address]
+        # Many addresses still scored (a flood from many): the next sweep waits until
+        # there are twice as many, or every new one would walk them all again.
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._scores))
 
 
 _throttle: Throttle | None = None

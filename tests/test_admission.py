@@ -229,3 +229,22 @@ async def test_held_connections_are_freed_by_reference_counting(tmp_path: Path):
         "twisted.internet.tcp.Server",
     ):
         assert after["garbage"].get(kind, 0) == before["garbage"].get(kind, 0), (before, after)
+
+
+def test_buckets_of_many_active_addresses_are_not_swept_on_every_new_one(monkeypatch):
+    monkeypatch.setattr("broker_ws.admission.SWEEP_AT", 10)
+    clock = Clock()
+    admission = Admission(Throttle(clock), clock)
+    sweeps = 0
+    original = admission._sweep
+
+    def counted(now: float, burst: float) -> None:
+        nonlocal sweeps
+        sweeps += 1
+        original(now, burst)
+
+    monkeypatch.setattr(admission, "_sweep", counted)
+    with _settings(CONNECT_BURST_PER_ADDRESS=2, CONNECTS_PER_SECOND_PER_ADDRESS=0.001):
+        for n in range(100):  # each takes one of its two: not full, not swept
+            assert admission.admit_now(f"192.0.2.{n}")
+    assert sweeps <= 4, sweeps

@@ -129,3 +129,24 @@ async def test_sockets_over_the_unauthenticated_cap_are_held_then_closed_4006(ma
         await fourth.authorize(user.token)
         for client in (first, second, fourth):
             await client.close()
+
+
+def test_a_failure_from_many_addresses_does_not_walk_them_all_each_time(monkeypatch):
+    """Past SWEEP_AT scored addresses that are all still failing, a sweep frees
+    nothing; the next one waits until there are twice as many (it ran on every new
+    address, a walk of all of them per failure under a flood from many)."""
+    monkeypatch.setattr("broker_ws.throttle.SWEEP_AT", 10)
+    throttle = Throttle(Clock())
+    sweeps = 0
+    original = throttle._sweep
+
+    def counted() -> None:
+        nonlocal sweeps
+        sweeps += 1
+        original()
+
+    monkeypatch.setattr(throttle, "_sweep", counted)
+    for n in range(100):
+        throttle.fail(f"192.0.2.{n}")
+    assert sweeps <= 4, sweeps  # at 10, 20, 40, 80
+    assert all(throttle.score(f"192.0.2.{n}") > 0 for n in range(100))
