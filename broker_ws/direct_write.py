@@ -159,25 +159,42 @@ def release_upgrade_requests(send: Any) -> bool:
     method is wrapped, once per server, to break the cycle at the next turn of the
     loop, once daphne has finished with the channel. Returns whether it is wrapped.
     """
-    protocol = daphne_protocol(send)
-    server = getattr(protocol, "server", None)
+    loop = asyncio.get_running_loop()
+
+    def wrap(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def protocol_disconnected(disconnected: Any) -> Any:
+            result = original(disconnected)
+            if getattr(disconnected, "transport", True) is None and hasattr(
+                disconnected, "channel"
+            ):
+                loop.call_soon(_break_request_cycle, disconnected)  # an upgraded request
+            return result
+
+        return protocol_disconnected
+
+    return _wrap_once(_daphne_server(send), "protocol_disconnected", wrap)
+
+
+def _daphne_server(send: Any) -> Any | None:
+    """The daphne ``Server`` this session's protocol belongs to, or None."""
+    server = getattr(daphne_protocol(send), "server", None)
     if server is None or not type(server).__module__.startswith("daphne."):
-        return False
-    original = getattr(server, "protocol_disconnected", None)
+        return None
+    return server
+
+
+def _wrap_once(owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> bool:
+    """Replace ``owner.<name>`` (a method of a daphne object) by ``wrap(original)``,
+    once per owner; returns whether it is wrapped. False, and nothing changed, when
+    there is no owner or the attribute is not callable any more."""
+    original = getattr(owner, name, None) if owner is not None else None
     if getattr(original, "_broker_ws_wrapped", False):
         return True
     if not callable(original):
         return False
-    loop = asyncio.get_running_loop()
-
-    def protocol_disconnected(disconnected: Any) -> Any:
-        result = original(disconnected)
-        if getattr(disconnected, "transport", True) is None and hasattr(disconnected, "channel"):
-            loop.call_soon(_break_request_cycle, disconnected)  # an upgraded request
-        return result
-
-    protocol_disconnected._broker_ws_wrapped = True  # type: ignore[attr-defined]
-    server.protocol_disconnected = protocol_disconnected
+    wrapped = wrap(original)
+    wrapped._broker_ws_wrapped = True
+    setattr(owner, name, wrapped)
     return True
 
 
@@ -210,32 +227,30 @@ def admit_daphne_connections(send: Any) -> bool:
     over the transport, as daphne itself hands a transport over at the
     WebSocket upgrade) or refuses it (429). Returns whether it is wrapped.
     """
-    protocol = daphne_protocol(send)
-    server = getattr(protocol, "server", None)
-    factory = getattr(server, "http_factory", None)
-    if server is None or factory is None or not type(server).__module__.startswith("daphne."):
-        return False
-    original = getattr(factory, "buildProtocol", None)
-    if getattr(original, "_broker_ws_wrapped", False):
-        return True
     held_class = _held_connection_class()
-    if not callable(original) or held_class is None:
+    if held_class is None:
         return False
     from broker_ws.admission import get_admission
 
     admission = get_admission()
 
-    def buildProtocol(addr: Any) -> Any:
-        host = getattr(addr, "host", None)
-        if not isinstance(host, str) or not admission.applies_to(host) or admission.admit_now(host):
-            return original(addr)
-        held = held_class(original, addr)
-        admission.wait(host, held)
-        return held
+    def wrap(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def buildProtocol(addr: Any) -> Any:
+            host = getattr(addr, "host", None)
+            if (
+                not isinstance(host, str)
+                or not admission.applies_to(host)
+                or admission.admit_now(host)
+            ):
+                return original(addr)
+            held = held_class(original, addr)
+            admission.wait(host, held)
+            return held
 
-    buildProtocol._broker_ws_wrapped = True  # type: ignore[attr-defined]
-    factory.buildProtocol = buildProtocol
-    return True
+        return buildProtocol
+
+    factory = getattr(_daphne_server(send), "http_factory", None)
+    return _wrap_once(factory, "buildProtocol", wrap)
 
 
 @functools.cache

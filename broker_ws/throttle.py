@@ -68,12 +68,9 @@ def client_address(scope: dict[str, Any]) -> str:
     """The address a connection is throttled by (see the module docstring)."""
     client = scope.get("client")
     peer = str(client[0]) if client else "unknown"
-    trusted = conf.TRUSTED_PROXIES
-    if not trusted:
+    if not is_trusted_proxy(peer):
         return peer
-    networks = _networks(tuple(trusted))
-    if not _is_in(peer, networks):
-        return peer
+    networks = _networks(tuple(conf.TRUSTED_PROXIES))
     forwarded = _header(scope, b"x-forwarded-for")
     if forwarded is None:
         return peer
