@@ -89,12 +89,18 @@ class Admission:
         throttle: Throttle | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._throttle = throttle or get_throttle()
+        #: None: the process's throttle, looked up at each use, so that the counts
+        #: this reads are always the ones the sessions write.
+        self._own_throttle = throttle
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._queued_total = 0
         self._held_total = 0
         self._sweep_at = SWEEP_AT
+
+    @property
+    def _throttle(self) -> Throttle:
+        return self._own_throttle or get_throttle()
 
     # --- what a server's adapter asks ---------------------------------------------
     def applies_to(self, address: str) -> bool:
@@ -116,7 +122,7 @@ class Admission:
         the address (or the process) has no room left; returns "queued" or
         "refused". Either way ``arrival`` is called back later, never before
         this returns."""
-        bucket = self._bucket(address)
+        bucket = self._buckets.get(address) or self._bucket(address)  # refilled just now
         if self._room(address):
             bucket.queue.append(arrival)
             self._queued_total += 1

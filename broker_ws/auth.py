@@ -98,9 +98,11 @@ def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
     query, and the login resolver runs once per user.
     """
     from rest_framework.exceptions import AuthenticationFailed
-    from rest_framework_simplejwt.authentication import JWTAuthentication
 
-    checker = _batch_checker(JWTAuthentication, tokens)
+    try:
+        checker = _batch_checker(tokens)
+    except DatabaseError as exc:  # each token's own query would fail the same way
+        return [_unavailable(exc) for _ in tokens]
     results: list[Identity | Exception] = []
     users: list[Any] = []
     for token in tokens:
@@ -159,20 +161,28 @@ class _PrefetchedUsers:
         return self._model.objects.get(**lookup)
 
 
-def _batch_checker(checker_class: Any, tokens: list[Any]) -> Any:
+def _batch_checker(tokens: list[Any]) -> Any:
     """A simplejwt authenticator for these tokens; for more than one, one whose users
-    are read in one query (:class:`_PrefetchedUsers`). A failure to read them leaves
-    the plain one, whose queries then fail (or not) token by token."""
-    checker = checker_class()
+    are read in one query (:class:`_PrefetchedUsers`).
+
+    Raises:
+        DatabaseError: that query failed. Any other failure to read them (a host's
+            user model) leaves the plain authenticator, token by token.
+    """
+    from rest_framework_simplejwt.authentication import JWTAuthentication
+    from rest_framework_simplejwt.settings import api_settings
+
+    checker: Any = JWTAuthentication()  # its user_model is swapped below
     if len(tokens) < 2:
         return checker
-    from rest_framework_simplejwt.settings import api_settings
 
     claim, field = api_settings.USER_ID_CLAIM, api_settings.USER_ID_FIELD
     ids = {str(token[claim]) for token in tokens if claim in token}
     model = checker.user_model
     try:
         users = {str(getattr(u, field)): u for u in model.objects.filter(**{f"{field}__in": ids})}
+    except DatabaseError:
+        raise
     except Exception:
         return checker
     checker.user_model = _PrefetchedUsers(model, field, users)
