@@ -40,7 +40,7 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from broker_ws.alerts import AlertConfig, AlertEngine  # noqa: E402
+from broker_ws.publish.alerts import AlertConfig, AlertEngine  # noqa: E402
 from project.broker.models import Account, PriceAlert  # noqa: E402
 
 SYMBOLS = [f"SYM{i:03d}" for i in range(100)]

@@ -78,13 +78,13 @@ def quote_publisher(server: str, redis_url: str) -> Callable[[str, int, float], 
         from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
 
-        from bench.naive.consumer import quote_group
+        from bench.naive.consumer import quote_channel
 
         layer = get_channel_layer()
 
         def publish(symbol: str, seq: int, t: float) -> None:
             async_to_sync(layer.group_send)(
-                quote_group(symbol),
+                quote_channel(symbol),
                 {
                     "type": "quote.message",
                     "symbol": symbol,
@@ -135,13 +135,13 @@ def balance_saver(
         from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
 
-        from bench.naive.consumer import login_group
+        from bench.naive.consumer import login_channel
 
         layer = get_channel_layer()
 
         def deliver(login: str, n: int, t: float) -> None:
             async_to_sync(layer.group_send)(
-                login_group(login), {"type": "balance.message", "frame": frame(login, n, t)}
+                login_channel(login), {"type": "balance.message", "frame": frame(login, n, t)}
             )
 
         return committed_update(balances, deliver)

@@ -30,23 +30,23 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from broker_ws.bindings import bind, push_saved
-    from broker_ws.protocol import CloseCode
-    from broker_ws.publishing import anotify, apublish_quote, apush, notify, publish_quote, push
-    from broker_ws.revocation import arevoke_user, revoke_user
+    from broker_ws.publish.api import anotify, apublish_quote, apush, notify, publish_quote, push
+    from broker_ws.publish.bindings import bind, push_saved
+    from broker_ws.publish.revocation import arevoke_user, revoke_user
+    from broker_ws.wire.protocol import CloseCode
 
 _LOCATIONS = {
-    "publish_quote": "broker_ws.publishing",
-    "apublish_quote": "broker_ws.publishing",
-    "push": "broker_ws.publishing",
-    "apush": "broker_ws.publishing",
-    "notify": "broker_ws.publishing",
-    "anotify": "broker_ws.publishing",
-    "bind": "broker_ws.bindings",
-    "push_saved": "broker_ws.bindings",
-    "CloseCode": "broker_ws.protocol",
-    "revoke_user": "broker_ws.revocation",
-    "arevoke_user": "broker_ws.revocation",
+    "publish_quote": "broker_ws.publish.api",
+    "apublish_quote": "broker_ws.publish.api",
+    "push": "broker_ws.publish.api",
+    "apush": "broker_ws.publish.api",
+    "notify": "broker_ws.publish.api",
+    "anotify": "broker_ws.publish.api",
+    "bind": "broker_ws.publish.bindings",
+    "push_saved": "broker_ws.publish.bindings",
+    "CloseCode": "broker_ws.wire.protocol",
+    "revoke_user": "broker_ws.publish.revocation",
+    "arevoke_user": "broker_ws.publish.revocation",
 }
 
 

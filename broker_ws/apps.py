@@ -15,11 +15,13 @@ class BrokerWsConfig(AppConfig):
     verbose_name = "broker_ws"
 
     def ready(self) -> None:
-        from broker_ws.bindings import bind_from_settings
         from broker_ws.checks import check_settings
         from broker_ws.conf import conf
-        from broker_ws.revocation import revoke_deactivated
+        from broker_ws.publish.bindings import bind_from_settings
+        from broker_ws.publish.revocation import revoke_deactivated
+        from broker_ws.wire import channel_names
 
+        channel_names.prefix = _key_prefix
         checks.register(check_settings)
         bind_from_settings(conf.BINDINGS)
         post_save.connect(
@@ -27,3 +29,9 @@ class BrokerWsConfig(AppConfig):
             sender=settings.AUTH_USER_MODEL,
             dispatch_uid="broker_ws:revoke_deactivated",
         )
+
+
+def _key_prefix() -> str:
+    from broker_ws.conf import conf
+
+    return conf.KEY_PREFIX

@@ -17,8 +17,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from broker_ws import frames
 from broker_ws.conf import DEFAULTS, conf
+from broker_ws.wire import frames
 
 _PREFIX = re.compile(r"^[a-zA-Z0-9-]{1,20}$")
 _COUNTS = (
@@ -187,7 +187,7 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
 def _check_alerts(value: Any) -> list[CheckMessage]:
     if value is None:
         return []
-    from broker_ws.alerts import AlertConfig
+    from broker_ws.publish.alerts import AlertConfig
 
     try:
         config = AlertConfig.from_settings(value)

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_UNAUTHENTICATED": 5000,
     # New connections of one client address served at once, then per second (less
     # while the address keeps failing authorizations); the others wait, unread, and
-    # past MAX_UNAUTHENTICATED_PER_ADDRESS waiting get 429 (broker_ws/admission.py;
+    # past MAX_UNAUTHENTICATED_PER_ADDRESS waiting get 429 (broker_ws/auth/admission.py;
     # daphne only). 0 per second: off.
     "CONNECT_BURST_PER_ADDRESS": 100,
     "CONNECTS_PER_SECOND_PER_ADDRESS": 1000.0,
@@ -86,7 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_FAILURE_BURST": 10,
     "AUTH_FAILURE_MAX_DELAY": 10.0,
     # Sessions authorized between two freezes of the garbage collector's view
-    # (broker_ws/collector.py): after that many, a full collection over what is
+    # (broker_ws/session/collector.py): after that many, a full collection over what is
     # new, then gc.freeze(); 0 leaves the collector alone.
     "GC_FREEZE_EVERY": 200,
     # Seconds between two reclaims of what died frozen in a reference cycle (one

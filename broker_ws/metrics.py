@@ -17,7 +17,7 @@ FRAMES = Counter("broker_ws_frames_sent", "Data frames handed to sessions, by ma
 CLOSES = Counter("broker_ws_closes", "Sessions closed by the server, by close code.", ["code"])
 CONNECTIONS_QUEUED = Gauge(
     "broker_ws_connections_queued",
-    "New connections waiting, unread, for their address's turn (broker_ws/admission.py).",
+    "New connections waiting, unread, for their address's turn (broker_ws/auth/admission.py).",
 )
 CONNECTIONS_REFUSED = Counter(
     "broker_ws_connections_refused",

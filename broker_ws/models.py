@@ -59,7 +59,7 @@ class Revocation(models.Model):
     Written in the revoking transaction (like account frames); every server
     process reads new rows, on the bus or from this table, and closes that
     user's sessions with 4004. Once a new row commits, the user's earlier
-    rows it supersedes are deleted (:func:`broker_ws.revocation.revoke_user`).
+    rows it supersedes are deleted (:func:`broker_ws.publish.revocation.revoke_user`).
     """
 
     id = models.BigAutoField(primary_key=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_ws.consumer import StreamConsumer
+from broker_ws.session.consumer import StreamConsumer
 
 
 def websocket_application() -> Any:

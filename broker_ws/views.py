@@ -18,9 +18,9 @@ from rest_framework_simplejwt.serializers import TokenRefreshSerializer
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.views import TokenRefreshView as BaseTokenRefreshView
 
-from broker_ws.auth import get_login_resolver
-from broker_ws.revocation import revoked_since
-from broker_ws.snapshot import account_snapshot, encode_snapshot
+from broker_ws.auth.tokens import get_login_resolver
+from broker_ws.outbox.snapshot import account_snapshot, encode_snapshot
+from broker_ws.publish.revocation import revoked_since
 
 logger = logging.getLogger(__name__)
 

@@ -137,7 +137,7 @@ else:
             # No persistent connection under ASGI: each HTTP request runs in a
             # thread of its own, and a kept connection stayed open after its thread
             # was gone (90 open files after 100 requests). Reopening costs little
-            # now that authorizations share database trips (broker_ws/batching.py).
+            # now that authorizations share database trips (broker_ws/session/batching.py).
             "CONN_MAX_AGE": 0,
             "OPTIONS": {
                 # Wait for the lock instead of failing with "database is locked" when a

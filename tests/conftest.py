@@ -23,8 +23,8 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import override_settings
 
-from broker_ws.consumer import StreamConsumer
-from broker_ws.hub import close_hubs
+from broker_ws.session.consumer import StreamConsumer
+from broker_ws.session.hub import close_hubs
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TIMEOUT = 5.0
@@ -68,11 +68,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 def _fresh_throttle() -> Iterator[None]:
     """Every test starts with no failure scores: communicator sessions all share
     one client address, and earlier tests' bad tokens must not delay later ones."""
-    import broker_ws.throttle
+    import broker_ws.auth.throttle
 
-    broker_ws.throttle._throttle = None
+    broker_ws.auth.throttle._throttle = None
     yield
-    broker_ws.throttle._throttle = None
+    broker_ws.auth.throttle._throttle = None
 
 
 @pytest.fixture(autouse=True)

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 WATCHED = (
-    "broker_ws.consumer.StreamConsumer",
-    "broker_ws.outgoing.Outgoing",
+    "broker_ws.session.consumer.StreamConsumer",
+    "broker_ws.session.outgoing.Outgoing",
     "daphne.ws_protocol.WebSocketProtocol",
     "daphne.http_protocol.WebRequest",
     "twisted.web.http.HTTPChannel",
     "twisted.internet.tcp.Server",
-    "broker_ws.direct_write._held_connection_class.<locals>.HeldConnection",
+    "broker_ws.servers.direct_write._held_connection_class.<locals>.HeldConnection",
 )
 
 

@@ -12,10 +12,10 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
 from django.test import override_settings
 
-from broker_ws import outbox
-from broker_ws.bindings import push_saved
-from broker_ws.frames import account_parts
-from broker_ws.publishing import anotify, notify, push
+from broker_ws.outbox import store
+from broker_ws.publish.api import anotify, notify, push
+from broker_ws.publish.bindings import push_saved
+from broker_ws.wire.frames import account_parts
 from project.broker.models import Balance, PriceAlert, Trade
 from tests.conftest import broker_ws_settings
 
@@ -189,19 +189,19 @@ async def test_a_frame_the_bus_missed_is_read_again_when_reading_it_failed(
         alice = await make_user("alice", ["1001"])
         client, data = await session(client_factory, alice.token)
         asked: list[list[int]] = []
-        events_by_id = outbox.events_by_id
+        events_by_id = store.events_by_id
 
-        def flaky(ids: list[int]) -> list[outbox.Event]:
+        def flaky(ids: list[int]) -> list[store.Event]:
             asked.append(list(ids))
             if len(asked) == 1:
                 raise DatabaseError("database is locked")
             return events_by_id(ids)
 
-        monkeypatch.setattr(outbox, "events_by_id", flaky)
+        monkeypatch.setattr(store, "events_by_id", flaky)
 
         @database_sync_to_async
         def record_without_publishing() -> None:
-            outbox.record({"1001": [account_parts("o", "1001", ["lost"])]}, "default", 1000)
+            store.record({"1001": [account_parts("o", "1001", ["lost"])]}, "default", 1000)
 
         await record_without_publishing()
         assert await client.recv() == ["o", "1001", data["seq"]["1001"] + 1, "lost"]
@@ -214,7 +214,7 @@ async def test_frames_kept_for_a_later_read_are_capped_and_the_rest_gap_filled(
     """While the frames cannot be read, only the newest ``MAX_UNFETCHED`` are kept to
     ask for again; the older ones still arrive, in order, by the gap fill of the next
     frame the poll does deliver."""
-    from broker_ws import hub
+    from broker_ws.session import hub
 
     monkeypatch.setattr(hub, "MAX_UNFETCHED", 1)
     with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
@@ -222,20 +222,20 @@ async def test_frames_kept_for_a_later_read_are_capped_and_the_rest_gap_filled(
         client, data = await session(client_factory, alice.token)
         seq = data["seq"]["1001"]
         asked: list[list[int]] = []
-        events_by_id = outbox.events_by_id
+        events_by_id = store.events_by_id
 
-        def failing_twice(ids: list[int]) -> list[outbox.Event]:
+        def failing_twice(ids: list[int]) -> list[store.Event]:
             asked.append(list(ids))
             if len(asked) <= 2:
                 raise DatabaseError("database is locked")
             return events_by_id(ids)
 
-        monkeypatch.setattr(outbox, "events_by_id", failing_twice)
+        monkeypatch.setattr(store, "events_by_id", failing_twice)
 
         @database_sync_to_async
         def record_two_without_publishing() -> None:
             parts = [account_parts("o", "1001", [text]) for text in ("first", "second")]
-            outbox.record({"1001": parts}, "default", 1000)  # one commit: one poll sees both
+            store.record({"1001": parts}, "default", 1000)  # one commit: one poll sees both
 
         await record_two_without_publishing()
         assert await client.recv() == ["o", "1001", seq + 1, "first"]
@@ -251,7 +251,7 @@ async def test_the_outbox_task_lives_on_after_a_failure_and_the_frame_still_arri
 ) -> None:
     """Handling what the poll read fails once (a bug, say): it is logged, the task
     goes on, and the frame it dropped arrives by the gap fill of the next one."""
-    from broker_ws.hub import Hub
+    from broker_ws.session.hub import Hub
 
     with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
         alice = await make_user("alice", ["1001"])
@@ -270,7 +270,7 @@ async def test_the_outbox_task_lives_on_after_a_failure_and_the_frame_still_arri
 
         @database_sync_to_async
         def record_without_publishing(text: str) -> None:
-            outbox.record({"1001": [account_parts("o", "1001", [text])]}, "default", 1000)
+            store.record({"1001": [account_parts("o", "1001", [text])]}, "default", 1000)
 
         await record_without_publishing("first")
         async with asyncio.timeout(5):
@@ -294,7 +294,7 @@ async def test_gap_on_the_bus_is_filled_from_the_outbox_in_order(
 
         @database_sync_to_async
         def record_without_publishing() -> None:
-            outbox.record({"1001": [account_parts("o", "1001", ["lost"])]}, "default", 1000)
+            store.record({"1001": [account_parts("o", "1001", ["lost"])]}, "default", 1000)
 
         await record_without_publishing()
         await anotify("after", login="1001")
@@ -434,7 +434,7 @@ async def test_resume_from_a_process_that_is_behind_skips_what_the_client_has(
 
         @database_sync_to_async
         def record_without_publishing() -> None:
-            outbox.record({"1001": [account_parts("o", "1001", ["elsewhere"])]}, "default", 1000)
+            store.record({"1001": [account_parts("o", "1001", ["elsewhere"])]}, "default", 1000)
 
         await record_without_publishing()  # seen by the client on another process
         second, data = await session(client_factory, alice.token, **{"1001": seq + 1})

@@ -1,4 +1,4 @@
-"""Admission of new connections before the upgrade (broker_ws/admission.py), alone and
+"""Admission of new connections before the upgrade (broker_ws/auth/admission.py), alone and
 in front of a real daphne process."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import websockets
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
-from broker_ws.admission import Admission
-from broker_ws.throttle import MIN_HOLD, Throttle
+from broker_ws.auth.admission import Admission
+from broker_ws.auth.throttle import MIN_HOLD, Throttle
 from tests.conftest import broker_ws_settings
 from tests.servers import deployment, obtain_token
 
@@ -225,14 +225,14 @@ async def test_held_connections_are_freed_by_reference_counting(tmp_path: Path):
         assert b"HTTP/1.1 429 Too Many Requests" in heads, heads
         after = await _once_all_gone(proc, report)
     for kind in (
-        "broker_ws.direct_write._held_connection_class.<locals>.HeldConnection",
+        "broker_ws.servers.direct_write._held_connection_class.<locals>.HeldConnection",
         "twisted.internet.tcp.Server",
     ):
         assert after["garbage"].get(kind, 0) == before["garbage"].get(kind, 0), (before, after)
 
 
 def test_buckets_of_many_active_addresses_are_not_swept_on_every_new_one(monkeypatch):
-    monkeypatch.setattr("broker_ws.admission.SWEEP_AT", 10)
+    monkeypatch.setattr("broker_ws.auth.admission.SWEEP_AT", 10)
     clock = Clock()
     admission = Admission(Throttle(clock), clock)
     sweeps = 0

@@ -13,9 +13,9 @@ import websockets
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from broker_ws.alerts import SymbolAlerts, get_engine
 from broker_ws.checks import check_settings
-from broker_ws.publishing import apublish_quote, publish_quote
+from broker_ws.publish.alerts import SymbolAlerts, get_engine
+from broker_ws.publish.api import apublish_quote, publish_quote
 from project.broker.models import Account, PriceAlert
 from tests.conftest import broker_ws_settings
 from tests.servers import deployment, obtain_token

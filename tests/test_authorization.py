@@ -15,7 +15,7 @@ import pytest
 from django.test import override_settings
 
 from broker_ws import metrics
-from broker_ws.hub import get_hub
+from broker_ws.session.hub import get_hub
 from tests.conftest import TIMEOUT, Client, broker_ws_settings
 from tests.services import PrivateRedis
 
@@ -149,7 +149,7 @@ def test_a_batch_of_tokens_reads_its_users_in_one_query_and_keeps_simplejwts_che
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from broker_ws.auth import AuthenticationError, _load_identities, validate_access_token
+    from broker_ws.auth.tokens import AuthenticationError, _load_identities, validate_access_token
     from tests.conftest import _create_user
 
     made = [_create_user(f"batch{n}", [f"90{n}"], active=(n != 3)) for n in range(5)]

@@ -1,5 +1,5 @@
-"""The garbage collector kept off live sessions (broker_ws/collector.py), closed
-sessions freed by reference counting, and database trips shared (broker_ws/batching.py)."""
+"""The garbage collector kept off live sessions (broker_ws/session/collector.py), closed
+sessions freed by reference counting, and database trips shared (broker_ws/session/batching.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 import websockets
 from django.test import override_settings
 
-from broker_ws import direct_write
-from broker_ws.batching import Batcher
-from broker_ws.collector import Collector
+from broker_ws.servers import direct_write
+from broker_ws.session.batching import Batcher
+from broker_ws.session.collector import Collector
 from tests.servers import deployment, obtain_token
 
 PROBE = str(Path(__file__).resolve().parent / "gc_probe.py")
@@ -127,7 +127,7 @@ async def test_every_n_session_events_freeze_what_survived_a_full_collection(
 async def test_what_the_last_sessions_of_a_storm_left_is_frozen_once_they_stop(
     unfrozen: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker_ws.collector.SETTLE", 0.2)
+    monkeypatch.setattr("broker_ws.session.collector.SETTLE", 0.2)
     collector = Collector()
     for _ in range(5):
         collector.session_event()
@@ -146,8 +146,8 @@ async def test_a_trickle_that_never_settles_is_frozen_within_settle_at_most(
 ) -> None:
     """Sessions keep coming (a probe every 50 ms): the freeze still comes, and after
     many closes it gives free heap memory back."""
-    monkeypatch.setattr("broker_ws.collector.SETTLE", 0.2)
-    monkeypatch.setattr("broker_ws.collector.SETTLE_AT_MOST", 0.6)
+    monkeypatch.setattr("broker_ws.session.collector.SETTLE", 0.2)
+    monkeypatch.setattr("broker_ws.session.collector.SETTLE_AT_MOST", 0.6)
     collector = Collector()
     for _ in range(1000):
         collector.session_closed()

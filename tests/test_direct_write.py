@@ -12,7 +12,7 @@ import pytest
 import websockets
 from websockets.frames import Frame, Opcode
 
-from broker_ws.direct_write import EncodedFrame, direct_writer, text_frame_header
+from broker_ws.servers.direct_write import EncodedFrame, direct_writer, text_frame_header
 from tests.servers import deployment, obtain_token
 
 TIMEOUT = 15.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker_ws.feed import RandomWalk
+from broker_ws.publish.feed import RandomWalk
 
 
 def test_every_tick_has_the_ask_above_the_bid_even_where_the_spread_is_under_a_tick() -> None:

@@ -1,4 +1,4 @@
-"""broker_ws.frames: pure functions from data to protocol v1 frame text."""
+"""broker_ws.wire.frames: pure functions from data to protocol v1 frame text."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import orjson
 
-from broker_ws import frames
+from broker_ws.wire import frames
 
 
 class Side(enum.Enum):

@@ -40,9 +40,9 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker_ws.hub import close_hubs
-from broker_ws.protocol import ErrorCode
-from broker_ws.publishing import anotify, apublish_quote
+from broker_ws.publish.api import anotify, apublish_quote
+from broker_ws.session.hub import close_hubs
+from broker_ws.wire.protocol import ErrorCode
 from tests.conftest import TIMEOUT, Client, DemoUser, delete_prefix, redis_settings
 
 CONTROL_EVENTS = frozenset({"error", "authorized", "subscribed", "unsubscribed", "resync"})

@@ -12,8 +12,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from broker_ws.models import Revocation
-from broker_ws.ratelimit import TokenBucket
-from broker_ws.revocation import arevoke_user
+from broker_ws.publish.revocation import arevoke_user
+from broker_ws.session.ratelimit import TokenBucket
 from tests.conftest import broker_ws_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -133,20 +133,20 @@ async def test_old_revocation_does_not_close_a_session_of_a_later_token(
 ) -> None:
     """A revocation heard late (a slow poll, a process that starts later) closes only
     sessions whose token was issued before it."""
-    from broker_ws import groups
     from broker_ws.backends import get_backend
-    from broker_ws.revocation import revocation_payload
+    from broker_ws.publish.revocation import revocation_payload
+    from broker_ws.wire import channel_names
 
     alice = await make_user("alice", ["1001"])
     client = await authorized(client_factory, alice.token)
     long_ago = timezone.now() - dt.timedelta(minutes=5)
     await get_backend().apublish(
-        groups.revocations_group(), revocation_payload(str(alice.user_id), long_ago)
+        channel_names.revocations_channel(), revocation_payload(str(alice.user_id), long_ago)
     )
     await client.send("ping")
     assert await client.recv_text() == "pong"
     await get_backend().apublish(
-        groups.revocations_group(), revocation_payload(str(alice.user_id), timezone.now())
+        channel_names.revocations_channel(), revocation_payload(str(alice.user_id), timezone.now())
     )
     assert await client.recv_close() == 4004
 
@@ -172,7 +172,7 @@ def test_a_revocation_prunes_the_users_earlier_ones() -> None:
     """Once the revoking transaction commits, the user's rows it supersedes are deleted,
     so the table keeps about one row per revoked user; tokens of every earlier
     revocation are still refused. Another user's rows are kept."""
-    from broker_ws.revocation import revoke_user, revoked_since
+    from broker_ws.publish.revocation import revoke_user, revoked_since
 
     long_ago = timezone.now() - dt.timedelta(days=30)
     Revocation.objects.create(user_id="7", revoked_at=long_ago)
@@ -190,7 +190,7 @@ def test_a_revocation_prunes_the_users_earlier_ones() -> None:
 def test_a_revocation_keeps_a_later_dated_row() -> None:
     """A row dated after the new revocation (clocks of two hosts apart) refuses more
     than it: it stays."""
-    from broker_ws.revocation import revoke_user
+    from broker_ws.publish.revocation import revoke_user
 
     skewed = Revocation.objects.create(
         user_id="7", revoked_at=timezone.now() + dt.timedelta(hours=1)
@@ -204,7 +204,7 @@ def test_pruning_waits_for_the_commit_of_the_revoking_transaction() -> None:
     """Inside a transaction nothing is pruned until it commits; rolled back, nothing is."""
     from django.db import transaction
 
-    from broker_ws.revocation import revoke_user
+    from broker_ws.publish.revocation import revoke_user
 
     old = Revocation.objects.create(user_id="7", revoked_at=timezone.now())
     with pytest.raises(RuntimeError), transaction.atomic():

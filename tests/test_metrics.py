@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from django.test import Client as HttpClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker_ws.publishing import apublish_quote
+from broker_ws.publish.api import apublish_quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,5 +1,5 @@
 """daphne's keepalive pings of sessions that connected together are spread
-over the ping interval (broker_ws.pings), observed by real clients."""
+over the ping interval (broker_ws.servers.pings), observed by real clients."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from broker_ws.pings import PingPhase, ping_phase
+from broker_ws.servers.pings import PingPhase, ping_phase
 from tests.servers import ROOT, deployment, free_port, wait_for_port
 
 PING_INTERVAL = 4  # daphne checks every open session for a due ping every 2 s

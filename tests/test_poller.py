@@ -1,4 +1,4 @@
-"""The outbox poll thread of a server process (:mod:`broker_ws.poller`)."""
+"""The outbox poll thread of a server process (:mod:`broker_ws.outbox.poller`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 from django.test import override_settings
 
-from broker_ws import poller, tails
 from broker_ws.models import AccountEvent
+from broker_ws.outbox import poller, tails
 from tests.conftest import broker_ws_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -21,8 +21,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.test import override_settings
 
-from broker_ws.hub import get_hub
-from broker_ws.publishing import apublish_quote
+from broker_ws.publish.api import apublish_quote
+from broker_ws.session.hub import get_hub
 from tests.conftest import TIMEOUT, Client, broker_ws_settings
 
 TS = 1_700_000_000_000

@@ -81,7 +81,7 @@ import django
 django.setup()
 from decimal import Decimal
 from django.db import transaction
-from broker_ws.outbox import current_seqs
+from broker_ws.outbox.store import current_seqs
 from project.broker.models import Balance
 
 logins, rate = sys.argv[1].split(","), float(sys.argv[2])

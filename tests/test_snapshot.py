@@ -141,8 +141,8 @@ def test_related_paths_follow_forward_relations_only() -> None:
     """``account.login`` joins ``account``; plain fields, callables and paths through
     something that is not a concrete forward relation of the same database join
     nothing, so ``select_related`` never sees a name it would refuse."""
-    from broker_ws.bindings import Binding
-    from broker_ws.snapshot import related_paths
+    from broker_ws.outbox.snapshot import related_paths
+    from broker_ws.publish.bindings import Binding
 
     binding = Binding(
         Trade,
@@ -165,8 +165,8 @@ def test_related_paths_skip_generic_and_unconstrained_relations() -> None:
     from django.contrib.contenttypes.models import ContentType
     from django.db import models
 
-    from broker_ws.bindings import Binding
-    from broker_ws.snapshot import related_paths
+    from broker_ws.outbox.snapshot import related_paths
+    from broker_ws.publish.bindings import Binding
 
     class Position(models.Model):
         account = models.ForeignKey(Account, on_delete=models.CASCADE)

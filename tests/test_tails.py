@@ -10,8 +10,8 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from broker_ws import outbox, tails
 from broker_ws.models import AccountEvent, Revocation
+from broker_ws.outbox import store, tails
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +38,9 @@ def test_new_rows_are_read_once_in_id_order() -> None:
     assert events == [(first.id, "7001", 1), (second.id, "7002", 1)]
     assert (revocations, broadcasts) == ([], [])
     assert tails.read(followed) == [[], [], []]
-    assert outbox.events_by_id([second.id, first.id]) == [
-        outbox.Event(first.id, "7001", 1, '["b","7001",1]'),
-        outbox.Event(second.id, "7002", 1, '["b","7002",1]'),
+    assert store.events_by_id([second.id, first.id]) == [
+        store.Event(first.id, "7001", 1, '["b","7001",1]'),
+        store.Event(second.id, "7002", 1, '["b","7002",1]'),
     ]
 
 

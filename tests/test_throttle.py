@@ -1,4 +1,4 @@
-"""Throttling unauthenticated sockets and failed authorizations (broker_ws/throttle.py)."""
+"""Throttling unauthenticated sockets and failed authorizations (broker_ws/auth/throttle.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from django.test import override_settings
 
-from broker_ws.throttle import HALF_LIFE, MIN_HOLD, Throttle, client_address
+from broker_ws.auth.throttle import HALF_LIFE, MIN_HOLD, Throttle, client_address
 from tests.conftest import Client, broker_ws_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -135,7 +135,7 @@ def test_a_failure_from_many_addresses_does_not_walk_them_all_each_time(monkeypa
     """Past SWEEP_AT scored addresses that are all still failing, a sweep frees
     nothing; the next one waits until there are twice as many (it ran on every new
     address, a walk of all of them per failure under a flood from many)."""
-    monkeypatch.setattr("broker_ws.throttle.SWEEP_AT", 10)
+    monkeypatch.setattr("broker_ws.auth.throttle.SWEEP_AT", 10)
     throttle = Throttle(Clock())
     sweeps = 0
     original = throttle._sweep

@@ -19,11 +19,11 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 
-def quote_group(symbol: str) -> str:
+def quote_channel(symbol: str) -> str:
     return f"quote_{symbol}"
 
 
-def login_group(login: str) -> str:
+def login_channel(login: str) -> str:
     return f"login_{login}"
 
 
@@ -43,16 +43,16 @@ class NaiveConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and "authorization" in content:
             login = str(content["authorization"])
-            await self.channel_layer.group_add(login_group(login), self.channel_name)
-            self.joined.append(login_group(login))
+            await self.channel_layer.group_add(login_channel(login), self.channel_name)
+            self.joined.append(login_channel(login))
             await self.send_json(
                 {"event": "authorized", "data": {"logins": [login], "seq": {login: 0}}}
             )
         elif isinstance(content, dict) and content.get("event") == "subscribe":
             symbols = [s for s in content.get("data") or [] if isinstance(s, str)]
             for symbol in symbols:
-                await self.channel_layer.group_add(quote_group(symbol), self.channel_name)
-                self.joined.append(quote_group(symbol))
+                await self.channel_layer.group_add(quote_channel(symbol), self.channel_name)
+                self.joined.append(quote_channel(symbol))
             await self.send_json({"event": "subscribed", "data": symbols})
         else:
             await self.send_json({"event": "error", "data": {"code": "unknown_event"}})

@@ -4,11 +4,11 @@ Two halves:
 
 * the publisher half (sync and async), callable from any process that
   publishes: a feed, a view, a task, a shell;
-* the server half, used by the :class:`~broker_ws.hub.Hub` of a server
+* the server half, used by the :class:`~broker_ws.session.hub.Hub` of a server
   process: subscribe to bus channels and read last quotes.
 
 Account frames are numbered and stored by the database outbox
-(:mod:`broker_ws.outbox`) before they reach a backend; the bus only carries
+(:mod:`broker_ws.outbox.store`) before they reach a backend; the bus only carries
 them fast. The payload published on a login channel is ``"<seq> <frame>"``;
 on other channels it is the frame.
 """

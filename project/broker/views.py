@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.safestring import mark_safe
 
-from broker_ws.feed import DEFAULT_SYMBOLS
+from broker_ws.publish.feed import DEFAULT_SYMBOLS
 
 ASSETS = Path(__file__).resolve().parent / "static" / "broker"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from broker_ws.publishing import notify
+from broker_ws.publish.api import notify
 
 
 class Command(BaseCommand):

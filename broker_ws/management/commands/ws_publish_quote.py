@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broker_ws.alerts import get_engine
-from broker_ws.publishing import publish_quote
+from broker_ws.publish.alerts import get_engine
+from broker_ws.publish.api import publish_quote
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broker_ws.revocation import revoke_user
+from broker_ws.publish.revocation import revoke_user
 
 
 class Command(BaseCommand):

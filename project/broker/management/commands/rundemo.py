@@ -19,7 +19,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from broker_ws.feed import DEFAULT_SYMBOLS, run_feed
+from broker_ws.publish.feed import DEFAULT_SYMBOLS, run_feed
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@
 current transaction and, when it commits, tells every server process on the
 bus; processes also find it in the table within ``OUTBOX_POLL_INTERVAL``
 (the bus may be down, or absent between processes). Each closes that user's
-sessions with 4004, and :func:`broker_ws.auth.authenticate` refuses tokens
+sessions with 4004, and :func:`broker_ws.auth.tokens.authenticate` refuses tokens
 issued up to the revocation. Deactivating a user (``is_active = False``,
 saved through the ORM) revokes it.
 """
@@ -21,9 +21,9 @@ from channels.db import database_sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.utils import timezone
 
-from broker_ws import groups
 from broker_ws.backends import get_backend
 from broker_ws.models import Revocation
+from broker_ws.wire import channel_names
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def parse_revocation(payload: str) -> tuple[str, float]:
 
 def _announce(payload: str) -> None:
     try:
-        get_backend().publish(groups.revocations_group(), payload)
+        get_backend().publish(channel_names.revocations_channel(), payload)
     except Exception as exc:
         logger.warning(
             "broker_ws: bus publish of a revocation failed (%s); server processes will "

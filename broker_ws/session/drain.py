@@ -36,10 +36,10 @@ import threading
 from types import FrameType
 from typing import Any, Protocol
 
-from broker_ws import frames
 from broker_ws.conf import conf
-from broker_ws.direct_write import daphne_protocol
-from broker_ws.protocol import CloseCode
+from broker_ws.servers.direct_write import daphne_protocol
+from broker_ws.wire import frames
+from broker_ws.wire.protocol import CloseCode
 
 logger = logging.getLogger(__name__)
 

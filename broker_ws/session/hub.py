@@ -8,7 +8,7 @@ per interested process, and the frame the publisher encoded is written to
 every socket as is.
 
 Account frames carry their login's sequence number, given by the database
-outbox (:mod:`broker_ws.outbox`). The hub keeps, per login, the last seq it
+outbox (:mod:`broker_ws.outbox.store`). The hub keeps, per login, the last seq it
 delivered and delivers only the next one: a frame that is not the next is a
 gap, filled from the outbox before anything later. A poller reads the
 outbox every ``OUTBOX_POLL_INTERVAL`` for frames the bus never brought
@@ -30,21 +30,24 @@ from typing import Any, Protocol, TypeVar
 from channels.db import database_sync_to_async
 from django.db import Error as DatabaseError  # InterfaceError is not a DatabaseError
 
-from broker_ws import broadcasts, groups, metrics, outbox, poller, tails
+from broker_ws import metrics
 from broker_ws.backends import Backend, get_backend
 from broker_ws.backends.base import pack_numbered, unpack_numbered
-from broker_ws.batching import Batcher
 from broker_ws.conf import conf
-from broker_ws.direct_write import EncodedFrame
 from broker_ws.exceptions import TooManySessions, Unavailable
-from broker_ws.revocation import parse_revocation, revocation_payload
+from broker_ws.outbox import poller, store, tails
+from broker_ws.publish import broadcasts
+from broker_ws.publish.revocation import parse_revocation, revocation_payload
+from broker_ws.servers.direct_write import EncodedFrame
+from broker_ws.session.batching import Batcher
+from broker_ws.wire import channel_names
 
 logger = logging.getLogger(__name__)
 
 
 def _current_seqs(logins: list[str]) -> list[int]:
     """The current seq of each login, in one query (a database error fails them all)."""
-    current = outbox.current_seqs(dict.fromkeys(logins))
+    current = store.current_seqs(dict.fromkeys(logins))
     return [current[login] for login in logins]
 
 
@@ -127,9 +130,9 @@ class Hub:
         self._quote_waiters: dict[str, int] = {}
         self.logins: dict[str, LoginState] = {}
         self.everyone: set[Session] = set()
-        self.everyone_channel = groups.everyone_group()
+        self.everyone_channel = channel_names.everyone_channel()
         self.users: dict[str, set[Session]] = {}
-        self.revocations_channel = groups.revocations_group()
+        self.revocations_channel = channel_names.revocations_channel()
         self.tails: tuple[tails.Tail, ...] | None = None
         self._tails_ready: asyncio.Future[None] | None = None
         #: ``(id, login, seq)`` of due events whose frames could not be read yet.
@@ -334,14 +337,14 @@ class Hub:
         finally:
             state.busy = False
 
-    async def _read_history(self, login: str, after: int) -> list[outbox.Event] | None:
-        """``outbox.history``, retried for :data:`GAP_FILL_PATIENCE` s while the
+    async def _read_history(self, login: str, after: int) -> list[store.Event] | None:
+        """``store.history``, retried for :data:`GAP_FILL_PATIENCE` s while the
         database fails; None when pruned or still failing."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GAP_FILL_PATIENCE
         while True:
             try:
-                return await database_sync_to_async(outbox.history)(login, after)
+                return await database_sync_to_async(store.history)(login, after)
             except DatabaseError as exc:
                 if loop.time() >= deadline:
                     logger.warning("broker_ws: outbox unreadable for a gap fill (%s)", exc)
@@ -378,10 +381,10 @@ class Hub:
         # The bus has usually brought these already: fetch only the frames
         # still due here (none while the bus is healthy).
         due = [row for row in [*self._unfetched, *events] if self._needs(row[1], row[2])]
-        found: list[outbox.Event] = []
+        found: list[store.Event] = []
         if due:
             try:
-                found = await database_sync_to_async(outbox.events_by_id)([row[0] for row in due])
+                found = await database_sync_to_async(store.events_by_id)([row[0] for row in due])
                 self._unfetched = []
             except Exception as exc:
                 logger.warning("broker_ws: reading the outbox failed (%s); retrying", exc)
@@ -390,7 +393,9 @@ class Hub:
             self._unfetched = []
         inbox = self._inbox
         for event in found:
-            inbox.append((groups.login_group(event.login), pack_numbered(event.seq, event.frame)))
+            inbox.append(
+                (channel_names.login_channel(event.login), pack_numbered(event.seq, event.frame))
+            )
         for batch in batches:
             for _, user_id, revoked_at in batch[1]:
                 if user_id in self.users:
@@ -419,7 +424,7 @@ class Hub:
 
     def _needs(self, login: str, seq: int) -> bool:
         """Whether the frame ``seq`` of ``login`` is still due to local sessions."""
-        state = self.logins.get(groups.login_group(login))
+        state = self.logins.get(channel_names.login_channel(login))
         return state is not None and (state.seq is None or seq > state.seq)
 
     async def _ensure_tails(self) -> None:
@@ -447,7 +452,7 @@ class Hub:
         symbol is still in flight waits for it and gets the same snapshot. A
         session closed meanwhile is not registered (and gets no frames).
         """
-        channels = [groups.quote_group(symbol) for symbol in symbols]
+        channels = [channel_names.quote_channel(symbol) for symbol in symbols]
         waiters = self._quote_waiters
         for channel in channels:
             waiters[channel] = waiters.get(channel, 0) + 1
@@ -500,7 +505,7 @@ class Hub:
         """Unsubscribe ``session``; drop bus subscriptions nobody here needs."""
         emptied = []
         for symbol in symbols:
-            channel = groups.quote_group(symbol)
+            channel = channel_names.quote_channel(symbol)
             sessions = self.quotes.get(channel)
             if sessions is not None:
                 sessions.discard(session)
@@ -512,14 +517,14 @@ class Hub:
     def sessions_of(self, login: str) -> int:
         """How many sessions of this process receive ``login``'s frames (or are
         being registered for them)."""
-        state = self.logins.get(groups.login_group(login))
+        state = self.logins.get(channel_names.login_channel(login))
         return state.occupied if state is not None else 0
 
     def seqs_of(self, logins: Iterable[str]) -> dict[str, int]:
         """The last seq delivered here of each of these logins that has one."""
         seqs = {}
         for login in logins:
-            state = self.logins.get(groups.login_group(login))
+            state = self.logins.get(channel_names.login_channel(login))
             if state is not None and state.seq is not None:
                 seqs[login] = state.seq
         return seqs
@@ -544,13 +549,13 @@ class Hub:
         states = []
         crowded = []
         for login in logins:
-            state = self.logins.get(groups.login_group(login))
+            state = self.logins.get(channel_names.login_channel(login))
             if state is not None and state.occupied >= limit:
                 crowded.append(login)
         if crowded:
             raise TooManySessions(crowded)
         for login in logins:
-            channel = groups.login_group(login)
+            channel = channel_names.login_channel(login)
             state = self.logins.get(channel)
             if state is None:
                 state = self.logins[channel] = LoginState(login)
@@ -583,13 +588,13 @@ class Hub:
         """Return the slots :meth:`add_session` took."""
         for state in states:
             state.reserved -= 1
-        self._release_soon([groups.login_group(s.login) for s in states if not s.occupied])
+        self._release_soon([channel_names.login_channel(s.login) for s in states if not s.occupied])
 
     async def _read_seq(self, state: LoginState) -> None:
         """Subscribe to a login's channel, then read its current seq (a frame committed
         in between arrives on the bus, or through the outbox poll, and waits in
         ``pending``); then deliver what waited."""
-        channel = groups.login_group(state.login)
+        channel = channel_names.login_channel(state.login)
         try:
             await self.subscriber.subscribe([channel])
             state.seq = await _login_seqs.of_this_loop().run(state.login)
@@ -615,7 +620,7 @@ class Hub:
                 del self.users[user_id]
         emptied = []
         for login in logins:
-            channel = groups.login_group(login)
+            channel = channel_names.login_channel(login)
             state = self.logins.get(channel)
             if state is not None:
                 state.sessions.discard(session)

@@ -10,7 +10,7 @@ the server already holds for its socket (:func:`write_buffer_probe`); past
 * quotes are conflated: only the latest frame per symbol is kept;
 * every other frame (replies, account frames, notifications) is kept in
   order; past ``SLOW_CONSUMER_MAX_PENDING`` of them the session is closed
-  with :attr:`~broker_ws.protocol.CloseCode.TOO_SLOW`, and the client
+  with :attr:`~broker_ws.wire.protocol.CloseCode.TOO_SLOW`, and the client
   resumes or reconciles over REST. An account frame is never dropped
   silently.
 
@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from broker_ws.conf import conf
-from broker_ws.direct_write import EncodedFrame, direct_writer
+from broker_ws.servers.direct_write import EncodedFrame, direct_writer
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The outbox poll of a server process, in a thread of its own.
 
 Every server process reads the outbox tables every ``OUTBOX_POLL_INTERVAL``
-for what the bus did not bring (:mod:`broker_ws.tails`). The read itself is
+for what the bus did not bring (:mod:`broker_ws.outbox.tails`). The read itself is
 one small query, about 25 µs of CPU while the tables are quiet. Through
 channels' ``database_sync_to_async`` each poll cost ten times that in a quiet
 process and about 1 ms in a server with 1000 sessions: the event loop wakes
@@ -29,8 +29,8 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from broker_ws import tails
 from broker_ws.conf import DEFAULTS, conf
+from broker_ws.outbox import tails
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""broker_ws.groups: symbols and logins to valid, collision-free group names."""
+"""broker_ws.wire.channel_names: symbols and logins to valid, collision-free group names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from channels.layers import BaseChannelLayer
 from django.test import override_settings
 
-from broker_ws import groups
+from broker_ws.wire import channel_names
 
 GROUP_NAME = re.compile(r"^[a-zA-Z0-9\-_.]+$")
 
@@ -61,45 +61,45 @@ def _is_valid_group_name(name: str) -> bool:
 @pytest.mark.parametrize("symbol", EXOTIC)
 def test_encode_round_trips(symbol):
     """decode(encode(s)) gives back s exactly."""
-    assert groups.decode(groups.encode(symbol)) == symbol
+    assert channel_names.decode(channel_names.encode(symbol)) == symbol
 
 
 def test_encode_round_trips_generated_symbols():
     """decode inverts encode on a large generated set of symbols."""
-    assert all(groups.decode(groups.encode(symbol)) == symbol for symbol in SYMBOLS)
+    assert all(channel_names.decode(channel_names.encode(symbol)) == symbol for symbol in SYMBOLS)
 
 
 def test_encode_keeps_letters_digits_and_dash():
     """ASCII letters, digits and '-' are kept as they are."""
-    assert groups.encode("EURusd-2024") == "EURusd-2024"
+    assert channel_names.encode("EURusd-2024") == "EURusd-2024"
 
 
 def test_encode_escapes_underscore_and_slash_differently():
     """'btc_usd' and 'btc/usd' do not collide."""
-    assert groups.encode("btc_usd") != groups.encode("btc/usd")
-    assert groups.quote_group("btc_usd") != groups.quote_group("btc/usd")
+    assert channel_names.encode("btc_usd") != channel_names.encode("btc/usd")
+    assert channel_names.quote_channel("btc_usd") != channel_names.quote_channel("btc/usd")
 
 
 def test_encode_escapes_dot():
     """'.' is escaped, so it stays free as the name's part separator."""
-    assert "." not in groups.encode("EURUSD.m")
+    assert "." not in channel_names.encode("EURUSD.m")
 
 
 def test_encode_does_not_fold_case():
     """'EURUSD' and 'eurusd' get different names."""
-    assert groups.quote_group("EURUSD") != groups.quote_group("eurusd")
+    assert channel_names.quote_channel("EURUSD") != channel_names.quote_channel("eurusd")
 
 
 def test_encode_is_injective_on_generated_symbols():
     """Distinct symbols always encode to distinct strings."""
-    encoded = {groups.encode(symbol) for symbol in SYMBOLS}
+    encoded = {channel_names.encode(symbol) for symbol in SYMBOLS}
     assert len(encoded) == len(SYMBOLS)
 
 
 @pytest.mark.parametrize("symbol", EXOTIC)
 def test_quote_group_is_a_valid_channels_group_name(symbol):
     """Every quote group name matches Channels' pattern and is under 100 characters."""
-    name = groups.quote_group(symbol)
+    name = channel_names.quote_channel(symbol)
     assert _is_valid_group_name(name), name
     assert BaseChannelLayer().require_valid_group_name(name)
 
@@ -109,7 +109,11 @@ def test_group_names_are_valid_for_generated_symbols():
     names = [
         make(value)
         for value in SYMBOLS
-        for make in (groups.quote_group, groups.login_group, groups.user_group)
+        for make in (
+            channel_names.quote_channel,
+            channel_names.login_channel,
+            channel_names.user_channel,
+        )
     ]
     invalid = [name for name in names if not _is_valid_group_name(name)]
     assert invalid == []
@@ -118,71 +122,84 @@ def test_group_names_are_valid_for_generated_symbols():
 def test_group_names_are_valid_with_longest_key_prefix():
     """Names stay valid with the longest KEY_PREFIX the checks allow (20 chars)."""
     with override_settings(BROKER_WS={"KEY_PREFIX": "p" * 20}):
-        names = [groups.quote_group(symbol) for symbol in SYMBOLS]
-        names.append(groups.everyone_group())
+        names = [channel_names.quote_channel(symbol) for symbol in SYMBOLS]
+        names.append(channel_names.everyone_channel())
     assert all(_is_valid_group_name(name) for name in names)
 
 
 def test_quote_groups_are_distinct_for_generated_symbols():
     """Distinct symbols give distinct quote group names, hashed or not."""
-    names = {groups.quote_group(symbol) for symbol in SYMBOLS}
+    names = {channel_names.quote_channel(symbol) for symbol in SYMBOLS}
     assert len(names) == len(SYMBOLS)
 
 
 def test_group_kinds_do_not_collide():
     """The same value gets different quote, login and user group names."""
     for value in ("1001", "x" * 200):
-        names = {groups.quote_group(value), groups.login_group(value), groups.user_group(value)}
+        names = {
+            channel_names.quote_channel(value),
+            channel_names.login_channel(value),
+            channel_names.user_channel(value),
+        }
         assert len(names) == 3
 
 
 def test_long_symbol_is_hashed():
     """A 200-character symbol gets a hashed name of the hashed kind."""
-    name = groups.quote_group("x" * 200)
+    name = channel_names.quote_channel("x" * 200)
     assert _is_valid_group_name(name)
-    assert groups.encode("x" * 200) not in name
-    assert groups.parse_group(name) == (groups.QUOTE, None)
+    assert channel_names.encode("x" * 200) not in name
+    assert channel_names.parse_channel(name) == (channel_names.QUOTE, None)
 
 
 def test_long_non_ascii_symbol_is_hashed():
     """A short non-ASCII symbol whose escapes would not fit is hashed."""
     symbol = "日" * 40  # 40 characters, 120 bytes, 360 escaped characters
-    name = groups.quote_group(symbol)
+    name = channel_names.quote_channel(symbol)
     assert _is_valid_group_name(name)
-    assert groups.parse_group(name) == (groups.QUOTE, None)
+    assert channel_names.parse_channel(name) == (channel_names.QUOTE, None)
 
 
 def test_long_symbols_sharing_a_prefix_get_distinct_hashes():
     """Long symbols differing only in their last character get distinct names."""
     base = "S" * 199
-    assert groups.quote_group(base + "a") != groups.quote_group(base + "b")
+    assert channel_names.quote_channel(base + "a") != channel_names.quote_channel(base + "b")
 
 
 def test_hashed_name_cannot_equal_an_encoded_name():
     """A hashed name and an encoded name of the same kind never coincide."""
-    hashed = groups.quote_group("z" * 200)
+    hashed = channel_names.quote_channel("z" * 200)
     digest = hashed.rsplit(".", 1)[1]
-    assert groups.quote_group(digest) != hashed
+    assert channel_names.quote_channel(digest) != hashed
 
 
 def test_short_symbol_is_not_hashed():
     """A short symbol's name is readable: prefix, kind, encoded symbol."""
     with override_settings(BROKER_WS={"KEY_PREFIX": "bws"}):
-        assert groups.quote_group("BTC/USD") == "bws.q.BTC_2FUSD"
+        assert channel_names.quote_channel("BTC/USD") == "bws.q.BTC_2FUSD"
 
 
 @pytest.mark.parametrize("symbol", [s for s in EXOTIC if len(s) < 30])
 def test_parse_group_recovers_short_values(symbol):
-    """parse_group gives back the kind and value of a name made here."""
-    assert groups.parse_group(groups.quote_group(symbol)) == (groups.QUOTE, symbol)
-    assert groups.parse_group(groups.login_group(symbol)) == (groups.LOGIN, symbol)
-    assert groups.parse_group(groups.user_group(symbol)) == (groups.USER, symbol)
+    """parse_channel gives back the kind and value of a name made here."""
+    assert channel_names.parse_channel(channel_names.quote_channel(symbol)) == (
+        channel_names.QUOTE,
+        symbol,
+    )
+    assert channel_names.parse_channel(channel_names.login_channel(symbol)) == (
+        channel_names.LOGIN,
+        symbol,
+    )
+    assert channel_names.parse_channel(channel_names.user_channel(symbol)) == (
+        channel_names.USER,
+        symbol,
+    )
 
 
 def test_key_prefix_is_read_on_every_call():
     """KEY_PREFIX is read lazily, so override_settings changes the names."""
     with override_settings(BROKER_WS={"KEY_PREFIX": "one"}):
-        first = groups.quote_group("EURUSD")
+        first = channel_names.quote_channel("EURUSD")
     with override_settings(BROKER_WS={"KEY_PREFIX": "two"}):
-        second = groups.quote_group("EURUSD")
+        second = channel_names.quote_channel("EURUSD")
     assert (first, second) == ("one.q.EURUSD", "two.q.EURUSD")

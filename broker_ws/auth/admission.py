@@ -1,6 +1,6 @@
 """Admission of new TCP connections, before the server spends an HTTP upgrade on them.
 
-:mod:`broker_ws.throttle` limits what a client address may do once its socket
+:mod:`broker_ws.auth.throttle` limits what a client address may do once its socket
 has become a session; by then the server has already paid for the TCP accept,
 the HTTP parse, the WebSocket handshake and a session (about a millisecond of
 the event loop under daphne). A flood that reconnects as fast as it is answered
@@ -33,7 +33,7 @@ connection of an address that is not a trusted proxy:
   not a handshake, so a client that loops on refusals costs the server little.
 
 The decisions are here, apart from any server: a server's adapter (daphne's is
-in :mod:`broker_ws.direct_write`) asks :meth:`Admission.admit_now` and, when
+in :mod:`broker_ws.servers.direct_write`) asks :meth:`Admission.admit_now` and, when
 the answer is no, wraps the connection in an object that can
 :meth:`~Arrival.serve` and :meth:`~Arrival.refuse` and hands it to
 :meth:`Admission.wait`. Connections through a trusted proxy are the proxy's
@@ -50,10 +50,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from broker_ws.auth.throttle import Throttle, get_throttle, is_trusted_proxy
 from broker_ws.conf import conf
 from broker_ws.metrics import CONNECTIONS_QUEUED as QUEUED
 from broker_ws.metrics import CONNECTIONS_REFUSED as REFUSED
-from broker_ws.throttle import Throttle, get_throttle, is_trusted_proxy
 
 #: Past this many addresses with a bucket, refilled idle ones are swept.
 SWEEP_AT = 10_000

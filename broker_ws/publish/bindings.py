@@ -14,7 +14,7 @@ callables taking the instance.
 
 The ``post_save`` handler snapshots the instance and records the frame in
 the account-event outbox inside the saving transaction
-(:mod:`broker_ws.accounts`); it is published when that transaction commits.
+(:mod:`broker_ws.publish.accounts`); it is published when that transaction commits.
 A rolled-back save sends nothing, and a failure of the bus after commit is
 logged, never raised into the code that saved. Wrap saves in
 ``transaction.atomic()`` (the admin does) to make the frame atomic with the
@@ -36,9 +36,9 @@ from django.db import models, router
 from django.db.models.expressions import BaseExpression, Combinable
 from django.db.models.signals import post_save
 
-from broker_ws import frames
-from broker_ws.accounts import emit
 from broker_ws.exceptions import ConfigurationError
+from broker_ws.publish.accounts import emit
+from broker_ws.wire import frames
 
 logger = logging.getLogger(__name__)
 

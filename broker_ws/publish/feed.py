@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from broker_ws.publishing import publish_quote
+from broker_ws.publish.api import publish_quote
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """The tables every server process follows: account events, revocations, broadcasts.
 
-Each is read from a :class:`~broker_ws.cursor.OutboxCursor` every
+Each is read from a :class:`~broker_ws.outbox.cursor.OutboxCursor` every
 ``OUTBOX_POLL_INTERVAL``, for what the bus did not bring, by the poll thread
-of the process (:mod:`broker_ws.poller`).
+of the process (:mod:`broker_ws.outbox.poller`).
 
 Account events are read as ``(id, login, seq)`` only: the bus has usually
 brought their frames already, and the hub fetches the rest by id
-(:func:`broker_ws.outbox.events_by_id`).
+(:func:`broker_ws.outbox.store.events_by_id`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from django.db import models
 
-from broker_ws.cursor import OutboxCursor
 from broker_ws.models import AccountEvent, Broadcast, Revocation
-from broker_ws.outbox import index_after, last_ids, rows_after
+from broker_ws.outbox.cursor import OutboxCursor
+from broker_ws.outbox.store import index_after, last_ids, rows_after
 
 #: ``reader(cursor, missing_ids)``: the rows ``(id, ...)`` after the cursor and
 #: those of the missing ids, in id order.

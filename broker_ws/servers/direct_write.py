@@ -205,7 +205,7 @@ _REFUSAL_BODY = b"too many connections from this address; retry later\n"
 
 
 def refusal_response(retry_after: int) -> bytes:
-    """The whole HTTP answer to a connection :mod:`broker_ws.admission` refuses."""
+    """The whole HTTP answer to a connection :mod:`broker_ws.auth.admission` refuses."""
     head = (
         b"HTTP/1.1 429 Too Many Requests\r\n"
         b"Retry-After: %d\r\n"
@@ -217,7 +217,7 @@ def refusal_response(retry_after: int) -> bytes:
 
 
 def admit_daphne_connections(send: Any) -> bool:
-    """Under daphne, let :mod:`broker_ws.admission` decide every new TCP connection
+    """Under daphne, let :mod:`broker_ws.auth.admission` decide every new TCP connection
     before daphne builds its HTTP protocol.
 
     daphne's ``HTTPFactory.buildProtocol`` is wrapped, once per server: a
@@ -230,7 +230,7 @@ def admit_daphne_connections(send: Any) -> bool:
     held_class = _held_connection_class()
     if held_class is None:
         return False
-    from broker_ws.admission import get_admission
+    from broker_ws.auth.admission import get_admission
 
     admission = get_admission()
 

@@ -20,9 +20,9 @@ import orjson
 from django.core.exceptions import FieldDoesNotExist
 from django.db import router, transaction
 
-from broker_ws import bindings
-from broker_ws.frames import join_account
 from broker_ws.models import LoginSequence
+from broker_ws.publish import bindings
+from broker_ws.wire.frames import join_account
 
 #: Markers in the order a snapshot lists them.
 MARKER_ORDER = {"b": 0, "o": 1, "a": 2}

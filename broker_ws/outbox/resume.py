@@ -13,7 +13,9 @@ from collections.abc import Mapping
 
 from channels.db import database_sync_to_async
 
-from broker_ws import frames, metrics, outbox
+from broker_ws import metrics
+from broker_ws.outbox import store
+from broker_ws.wire import frames
 
 
 def _missed(
@@ -33,14 +35,14 @@ def _missed(
             # The client saw frames on a process that is ahead of this one:
             # they arrive here soon and the session skips them. A seq never
             # given at all (a restored database) means the client must resync.
-            if outbox.current_seqs([login])[login] >= after:
+            if store.current_seqs([login])[login] >= after:
                 seen[login] = after
                 metrics.RESUMES.labels(outcome="ahead").inc()
             else:
                 resync[login] = upto
                 metrics.RESUMES.labels(outcome="resync").inc()
             continue
-        missed = outbox.history(login, after)
+        missed = store.history(login, after)
         if missed is None:
             resync[login] = upto
             metrics.RESUMES.labels(outcome="resync").inc()

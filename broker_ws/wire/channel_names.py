@@ -1,6 +1,8 @@
-"""The one place that turns a symbol or a login into a group name.
+"""The one place that turns a symbol, a login or a user into a bus channel name.
 
-Names are valid Channels group names (``^[a-zA-Z0-9\\-_.]+$``, under 100
+Every name starts with the ``KEY_PREFIX`` setting, read through
+:data:`prefix` (set by the app's ``ready()``), so this module imports
+nothing of Django. Names are valid Channels group names (``^[a-zA-Z0-9\\-_.]+$``, under 100
 characters) and are also used as bus channel names, so a quote for a symbol
 and the sessions subscribed to it always meet under the same name.
 
@@ -16,10 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 
-from broker_ws.conf import conf
-
-MAX_GROUP_NAME_LENGTH = 99
+MAX_CHANNEL_NAME_LENGTH = 99
 _KEPT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 _ESCAPE = re.compile(r"_([0-9A-F]{2})")
 
@@ -29,6 +30,18 @@ USER = "u"
 EVERYONE = "all"
 REVOKED = "revoked"
 _HASHED_SUFFIX = "h"
+
+#: ``KEY_PREFIX``'s default, for use before the app is ready.
+DEFAULT_PREFIX = "bws"
+
+
+def _default_prefix() -> str:
+    return DEFAULT_PREFIX
+
+
+#: Gives the prefix of every name; :mod:`broker_ws.apps` points it at the
+#: ``KEY_PREFIX`` setting, read at each call so that a changed setting is seen.
+prefix: Callable[[], str] = _default_prefix
 
 
 def encode(value: str) -> str:
@@ -52,41 +65,41 @@ def decode(encoded: str) -> str:
 
 
 def _name(kind: str, value: str) -> str:
-    prefix = conf.KEY_PREFIX
-    name = f"{prefix}.{kind}.{encode(value)}"
-    if len(name) <= MAX_GROUP_NAME_LENGTH:
+    start = prefix()
+    name = f"{start}.{kind}.{encode(value)}"
+    if len(name) <= MAX_CHANNEL_NAME_LENGTH:
         return name
     digest = hashlib.sha256(value.encode("utf-8")).hexdigest()
-    return f"{prefix}.{kind}{_HASHED_SUFFIX}.{digest}"
+    return f"{start}.{kind}{_HASHED_SUFFIX}.{digest}"
 
 
-def quote_group(symbol: str) -> str:
-    """Group of every session subscribed to ``symbol``."""
+def quote_channel(symbol: str) -> str:
+    """Channel of every session subscribed to ``symbol``."""
     return _name(QUOTE, symbol)
 
 
-def login_group(login: str) -> str:
-    """Group of every session allowed to see ``login``'s account frames."""
+def login_channel(login: str) -> str:
+    """Channel of every session allowed to see ``login``'s account frames."""
     return _name(LOGIN, login)
 
 
-def user_group(user_id: str) -> str:
-    """Group of every session authenticated as one user (for revocation)."""
+def user_channel(user_id: str) -> str:
+    """Channel of every session authenticated as one user (for revocation)."""
     return _name(USER, user_id)
 
 
-def everyone_group() -> str:
-    """Group of every authenticated session (broadcast notifications)."""
-    return f"{conf.KEY_PREFIX}.{EVERYONE}"
+def everyone_channel() -> str:
+    """Channel of every authenticated session (broadcast notifications)."""
+    return f"{prefix()}.{EVERYONE}"
 
 
-def revocations_group() -> str:
+def revocations_channel() -> str:
     """Channel every server process hears revoked user ids on."""
-    return f"{conf.KEY_PREFIX}.{REVOKED}"
+    return f"{prefix()}.{REVOKED}"
 
 
-def parse_group(name: str) -> tuple[str, str | None]:
-    """Return ``(kind, value)`` for a group name made here.
+def parse_channel(name: str) -> tuple[str, str | None]:
+    """Return ``(kind, value)`` for a channel name made here.
 
     ``value`` is None for hashed names (their value is not recoverable from
     the name alone; whoever subscribed keeps the mapping).

@@ -8,7 +8,7 @@ then loaded and checked by simplejwt's own ``JWTAuthentication.get_user``
 (user exists, active, password not changed when ``CHECK_REVOKE_TOKEN``),
 plus an ``is_active`` check of our own because the host may have turned
 simplejwt's off, and a check that the user was not revoked after the token
-was issued (:mod:`broker_ws.revocation`).
+was issued (:mod:`broker_ws.publish.revocation`).
 
 A database that fails meanwhile is not the client's fault: it raises
 :class:`~broker_ws.exceptions.Unavailable` (close 4008, reconnect after a
@@ -28,10 +28,10 @@ from typing import Any
 from django.db import Error as DatabaseError
 from django.utils.module_loading import import_string
 
-from broker_ws.batching import Batcher
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ConfigurationError, Unavailable
-from broker_ws.revocation import latest_revocations
+from broker_ws.publish.revocation import latest_revocations
+from broker_ws.session.batching import Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _identity_of(
 
 
 #: Identity loads asked while one trip to the database thread is under way go on
-#: the next one together (:mod:`broker_ws.batching`).
+#: the next one together (:mod:`broker_ws.session.batching`).
 _identities: Batcher[Any, Identity] = Batcher(_load_identities)
 
 

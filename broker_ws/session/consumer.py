@@ -1,15 +1,15 @@
 """The protocol v1 session: one instance per WebSocket connection.
 
-Thin by design: decode with :mod:`broker_ws.protocol`, decide, and hand
-fan-out to the process's :class:`~broker_ws.hub.Hub`. It subclasses
+Thin by design: decode with :mod:`broker_ws.wire.protocol`, decide, and hand
+fan-out to the process's :class:`~broker_ws.session.hub.Hub`. It subclasses
 Channels' ``AsyncConsumer`` but runs its own receive loop instead of
 ``dispatch``: since channels 4.2 ``dispatch`` hops to a thread
 (``aclose_old_connections``) before every handler, and a session has no
 per-connection channel-layer channel at all (fan-out is per process), which
 also keeps an idle session small. Database work happens only in
-:func:`broker_ws.auth.authenticate`, through ``database_sync_to_async``.
+:func:`broker_ws.auth.tokens.authenticate`, through ``database_sync_to_async``.
 
-Every send goes through :class:`~broker_ws.outgoing.Outgoing`, which keeps
+Every send goes through :class:`~broker_ws.session.outgoing.Outgoing`, which keeps
 per-session order (while a request is being answered, later frames wait and
 follow) and applies the slow-consumer policy.
 
@@ -33,27 +33,28 @@ from typing import Any
 from channels.consumer import AsyncConsumer
 from django.db import Error as DatabaseError
 
-from broker_ws import frames, metrics, protocol
-from broker_ws.auth import Identity, authenticate
-from broker_ws.collector import get_collector
+from broker_ws import metrics
+from broker_ws.auth.origin import origin_allowed
+from broker_ws.auth.throttle import client_address, get_throttle
+from broker_ws.auth.tokens import Identity, authenticate
 from broker_ws.conf import conf
-from broker_ws.direct_write import (
+from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
+from broker_ws.outbox.resume import missed_frames
+from broker_ws.servers.direct_write import (
     EncodedFrame,
     allow_close_handshake,
     close_frame_on_failure,
     release_when_forgotten,
 )
-from broker_ws.drain import get_drain
-from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
-from broker_ws.hub import Hub, get_hub
-from broker_ws.origin import origin_allowed
-from broker_ws.outgoing import Outgoing
-from broker_ws.pings import PingPhase, ping_phase
-from broker_ws.protocol import CloseCode, ErrorCode
-from broker_ws.ratelimit import TokenBucket
-from broker_ws.resume import missed_frames
-from broker_ws.symbols import split_symbols
-from broker_ws.throttle import client_address, get_throttle
+from broker_ws.servers.pings import PingPhase, ping_phase
+from broker_ws.session.collector import get_collector
+from broker_ws.session.drain import get_drain
+from broker_ws.session.hub import Hub, get_hub
+from broker_ws.session.outgoing import Outgoing
+from broker_ws.session.ratelimit import TokenBucket
+from broker_ws.session.symbols import split_symbols
+from broker_ws.wire import frames, protocol
+from broker_ws.wire.protocol import CloseCode, ErrorCode
 
 logger = logging.getLogger(__name__)
 

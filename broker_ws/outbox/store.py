@@ -2,10 +2,10 @@
 
 Write path (:func:`record`), called inside the saving transaction: take the
 login's next sequence numbers, splice them into the frames encoded by
-:mod:`broker_ws.frames`, insert the rows and prune the login's history.
+:mod:`broker_ws.wire.frames`, insert the rows and prune the login's history.
 
 Read path, called by server processes through ``database_sync_to_async``
-(:func:`index_after` by their poll thread, :mod:`broker_ws.poller`):
+(:func:`index_after` by their poll thread, :mod:`broker_ws.outbox.poller`):
 the current seq of logins (:func:`current_seqs`), a login's frames after a
 seq (:func:`history`), the ``(id, login, seq)`` of every event after a
 cursor (:func:`index_after`) and the frames of chosen events
@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.models import F
 
-from broker_ws.frames import FrameParts, join_account
 from broker_ws.models import AccountEvent, LoginSequence
+from broker_ws.wire.frames import FrameParts, join_account
 
 
 class Event(NamedTuple):
@@ -157,7 +157,7 @@ def rows_after(
     with ids in ``also``, in id order.
 
     ``also`` holds ids skipped earlier because their transaction had not
-    committed yet (see :class:`broker_ws.cursor.OutboxCursor`). Every table a
+    committed yet (see :class:`broker_ws.outbox.cursor.OutboxCursor`). Every table a
     server process tails (events, revocations, broadcasts) is read this way.
     """
     manager = model._default_manager

@@ -2,9 +2,9 @@
 
 Each function encodes its frame once. Quotes go straight to the configured
 backend; account frames and per-login notifications go through the database
-outbox (:mod:`broker_ws.accounts`), which numbers them and publishes them
+outbox (:mod:`broker_ws.publish.accounts`), which numbers them and publishes them
 when the current transaction commits, and broadcasts through their own table
-(:mod:`broker_ws.broadcasts`), so that every server process gets them. The sync functions
+(:mod:`broker_ws.publish.broadcasts`), so that every server process gets them. The sync functions
 are safe from any thread (a request worker, a Celery task, a shell, a feed
 loop) and reuse one connection pool per process, so they never pay the
 per-call connection that ``async_to_sync(group_send)`` costs. The async ones
@@ -20,11 +20,11 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from broker_ws import frames, groups
-from broker_ws.accounts import emit
-from broker_ws.alerts import check_quote
 from broker_ws.backends import get_backend
-from broker_ws.broadcasts import record_broadcast
+from broker_ws.publish.accounts import emit
+from broker_ws.publish.alerts import check_quote
+from broker_ws.publish.broadcasts import record_broadcast
+from broker_ws.wire import channel_names, frames
 
 Timestamp = dt.datetime | int | float | None
 
@@ -37,7 +37,9 @@ def _quote(symbol: str, bid: float, ask: float, ts: Timestamp) -> tuple[str, str
             raise TypeError(f"{name} must be a number, not {type(price).__name__}")
         if not math.isfinite(price):
             raise ValueError(f"{name} must be finite, not {price!r}")
-    return groups.quote_group(symbol), frames.quote(symbol, bid, ask, frames.to_epoch_ms(ts))
+    return channel_names.quote_channel(symbol), frames.quote(
+        symbol, bid, ask, frames.to_epoch_ms(ts)
+    )
 
 
 def publish_quote(symbol: str, bid: float, ask: float, ts: Timestamp = None) -> None:
@@ -70,7 +72,7 @@ def _account_parts(marker: str, fields: Sequence[Any], login: str) -> frames.Fra
 def push(login: str, marker: str, fields: Sequence[Any]) -> int:
     """Send ``[marker, login, seq, *fields]`` to every session of ``login``.
 
-    Model saves do this by themselves (see :mod:`broker_ws.bindings`); call
+    Model saves do this by themselves (see :mod:`broker_ws.publish.bindings`); call
     it for account events that are not model saves. Inside
     ``transaction.atomic()`` the frame is sent only if that transaction
     commits. Returns the seq given.

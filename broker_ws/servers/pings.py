@@ -27,7 +27,7 @@ import random
 import time
 from typing import Any
 
-from broker_ws.direct_write import daphne_protocol
+from broker_ws.servers.direct_write import daphne_protocol
 
 
 class PingPhase:

@@ -1,0 +1,1 @@
+"""What broker_ws knows of the ASGI servers it runs under (daphne, uvicorn)."""

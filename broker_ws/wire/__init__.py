@@ -1,0 +1,1 @@
+"""The wire format: protocol v1 messages and frames, bus channel names."""
