@@ -3,7 +3,7 @@
     .venv/bin/python bench/pings.py [--sessions 2000] [--duration 48]
 
 Starts the demo under daphne (``manage.py rundemo --no-feed``, SQLite, no
-Redis) twice: with :mod:`broker_ws.servers.pings` switched off (the baseline:
+Redis) twice: with :class:`broker_ws.servers.daphne.PingPhase` switched off (the baseline:
 daphne's own schedule), and as shipped. Each time it opens ``--sessions``
 WebSocket sessions at once; each sends one message (the text ``ping``) as
 soon as it is open, as a client's authorize would be, and then stays quiet.
@@ -149,7 +149,7 @@ def measure(spread: bool, sessions: int, duration: float, workdir: Path) -> tupl
             server.wait(timeout=10)
     passes = server_passes(log)
     groups = groups_of(pings)
-    title = "with broker_ws.servers.pings" if spread else "daphne alone (baseline)"
+    title = "with broker_ws.servers.daphne.PingPhase" if spread else "daphne alone (baseline)"
     print(f"\n{title}: {len(pings)} pings received in {len(groups)} groups; passes that pinged:")
     for (count, ms, gc_ms), group in zip(passes, groups, strict=False):
         flush = 1000.0 * (group[-1] - group[0])
@@ -165,10 +165,10 @@ def serve(spread: str, argv: list[str]) -> None:
     import daphne.server
     import daphne.ws_protocol
 
-    import broker_ws.servers.pings
+    import broker_ws.servers.daphne
 
-    if spread == "off":  # the consumer imports the name after this
-        broker_ws.servers.pings.ping_phase = lambda send, rand=None: None
+    if spread == "off":  # the phase is a switch of the process, read per session
+        broker_ws.servers.daphne.PING_PHASE.enabled = False
     sent = [0]
     send_ping = daphne.ws_protocol.WebSocketProtocol._sendAutoPing
     check = daphne.server.Server.timeout_checker

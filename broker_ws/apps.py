@@ -15,7 +15,7 @@ class BrokerWsConfig(AppConfig):
     verbose_name = "broker_ws"
 
     def ready(self) -> None:
-        from broker_ws.checks import check_settings
+        from broker_ws.checks import check_server_versions, check_settings
         from broker_ws.conf import conf
         from broker_ws.publish.bindings import bind_from_settings
         from broker_ws.publish.revocation import revoke_deactivated
@@ -23,6 +23,7 @@ class BrokerWsConfig(AppConfig):
 
         channel_names.prefix = _key_prefix
         checks.register(check_settings)
+        checks.register(check_server_versions)
         bind_from_settings(conf.BINDINGS)
         post_save.connect(
             revoke_deactivated,

@@ -3,7 +3,8 @@
 
 IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
 E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
-E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, W001 Redis channel layer without REDIS_URL.
+E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, W001 Redis channel layer without REDIS_URL,
+W002 a server library outside the versions broker_ws was tested with.
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ def _check_layer(url: Any) -> list[CheckMessage]:
         return [
             Warning(
                 "The channel layer uses Redis but BROKER_WS['REDIS_URL'] is not set: "
-                "broker_ws will fan out and number account frames inside each process only.",
+                "quotes published in one process reach only that process's sessions "
+                "(account frames still reach every process, through the database outbox).",
                 hint="Set BROKER_WS['REDIS_URL'] to the same Redis for multi-process deployments.",
                 id="broker_ws.W001",
             )
@@ -269,4 +271,23 @@ def _check_proxies(value: Any) -> list[CheckMessage]:
             "is believed.",
             id="broker_ws.E011",
         )
+    ]
+
+
+def check_server_versions(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W002: daphne, autobahn, Twisted, uvicorn or websockets outside the tested range."""
+    from broker_ws.servers.versions import untested
+
+    return [
+        Warning(
+            f"{name} {installed} is installed; broker_ws's shortcuts into it were tested "
+            f"with {name}{tested}.",
+            hint="Each shortcut turns itself off if it fails (a WARNING and the "
+            "broker_ws_fast_path_disabled metric); run the project's tests against this "
+            "version, or pin a tested one.",
+            id="broker_ws.W002",
+        )
+        for name, installed, tested in untested()
     ]

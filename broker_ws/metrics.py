@@ -25,6 +25,11 @@ CONNECTIONS_REFUSED = Counter(
 )
 AUTH_FAILURES = Counter("broker_ws_auth_failures", "Refused authorization messages.")
 RESUMES = Counter("broker_ws_resumes", "Logins named in a resume, by outcome.", ["outcome"])
+FAST_PATH_DISABLED = Counter(
+    "broker_ws_fast_path_disabled",
+    "Server shortcuts turned off after an unexpected error (broker_ws/servers/base.py).",
+    ["server", "path"],
+)
 
 QUOTE_FRAMES = FRAMES.labels(marker="t")
 _ACCOUNT_FRAMES = {marker: FRAMES.labels(marker=marker) for marker in "boan"}

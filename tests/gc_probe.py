@@ -28,7 +28,7 @@ WATCHED = (
     "daphne.http_protocol.WebRequest",
     "twisted.web.http.HTTPChannel",
     "twisted.internet.tcp.Server",
-    "broker_ws.servers.direct_write._held_connection_class.<locals>.HeldConnection",
+    "broker_ws.servers.daphne._held_connection_class.<locals>.HeldConnection",
 )
 
 

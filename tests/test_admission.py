@@ -225,7 +225,7 @@ async def test_held_connections_are_freed_by_reference_counting(tmp_path: Path):
         assert b"HTTP/1.1 429 Too Many Requests" in heads, heads
         after = await _once_all_gone(proc, report)
     for kind in (
-        "broker_ws.servers.direct_write._held_connection_class.<locals>.HeldConnection",
+        "broker_ws.servers.daphne._held_connection_class.<locals>.HeldConnection",
         "twisted.internet.tcp.Server",
     ):
         assert after["garbage"].get(kind, 0) == before["garbage"].get(kind, 0), (before, after)

@@ -162,3 +162,38 @@ def test_a_batch_of_tokens_reads_its_users_in_one_query_and_keeps_simplejwts_che
     assert [getattr(r, "username", None) for r in results[:3]] == ["batch0", "batch1", "batch2"]
     assert isinstance(results[3], AuthenticationError) and "inactive" in str(results[3]).lower()
     assert isinstance(results[4], AuthenticationError) and "not found" in str(results[4]).lower()
+
+
+async def test_a_second_subscriber_during_the_first_ones_snapshot_read_gets_the_snapshot(
+    stalled_redis, make_user
+):
+    """The first subscription of a symbol in the process subscribes its channel and
+    reads its last quote; a second session subscribing to it meanwhile waits for that
+    read and gets the same last quote, instead of being registered with none."""
+    import broker_ws
+    from broker_ws.wire.channel_names import quote_channel
+
+    user = await make_user("gina", ["3005"])
+    await start_hub_while_redis_is_up()
+    await broker_ws.apublish_quote("XAU/USD", 2000.5, 2001.0, ts=1_700_000_000_000)
+    first, second = await connect(2)
+    for client in (first, second):
+        await client.authorize(user.token)
+    hub = await get_hub()
+    channel = quote_channel("XAU/USD")
+
+    stalled_redis.stall()
+    await first.send({"event": "subscribe", "data": ["XAU/USD"]})
+    async with asyncio.timeout(TIMEOUT):
+        while hub._quote_waiters.get(channel) != 1:
+            await asyncio.sleep(0.005)
+    await second.send({"event": "subscribe", "data": ["XAU/USD"]})
+    async with asyncio.timeout(TIMEOUT):
+        while hub._quote_waiters.get(channel) != 2:
+            await asyncio.sleep(0.005)
+    stalled_redis.resume()
+
+    for client in (first, second):
+        assert (await client.recv())["event"] == "subscribed"
+        assert await client.recv() == ["t", "XAU/USD", 2000.5, 2001.0, 1_700_000_000_000]
+        await client.close()

@@ -181,6 +181,10 @@ def test_check_w001_redis_layer_without_redis_url():
     assert [(message.id, message.level) for message in messages] == [
         ("broker_ws.W001", checks.WARNING)
     ]
+    # What it says is still true: the outbox numbers and carries account frames for
+    # every process; only quotes and broadcasts stay in the publishing process.
+    assert "number account frames inside each process" not in messages[0].msg
+    assert "through the database outbox" in messages[0].msg
 
 
 def test_check_w001_not_raised_with_redis_url():
@@ -287,3 +291,35 @@ def test_check_e005_connects_per_second_not_a_non_negative_number(value):
 
 def test_check_connects_per_second_zero_turns_the_admission_off():
     assert _ids(CONNECTS_PER_SECOND_PER_ADDRESS=0, CONNECT_BURST_PER_ADDRESS=1) == []
+
+
+def test_check_w002_installed_server_libraries_are_in_the_tested_range():
+    from broker_ws.checks import check_server_versions
+
+    assert check_server_versions() == []
+
+
+def test_check_w002_a_library_outside_the_tested_range(monkeypatch: pytest.MonkeyPatch):
+    """An upgrade past the tested range (here: the range moved below what is installed)."""
+    from importlib import metadata
+
+    from broker_ws.checks import check_server_versions
+    from broker_ws.servers import versions
+
+    monkeypatch.setitem(versions.TESTED, "daphne", ((1,), (2,)))
+    (message,) = check_server_versions()
+    assert message.id == "broker_ws.W002"
+    assert message.level == checks.WARNING
+    assert f"daphne {metadata.version('daphne')} is installed" in message.msg
+    assert "daphne>=1,<2" in message.msg
+    assert "broker_ws.W002" in [m.id for m in checks.run_checks()]
+
+
+def test_check_w002_reads_release_numbers_of_pre_releases_and_skips_absent_libraries(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from broker_ws.servers import versions
+
+    assert versions._release("26.10.0rc1") == (26, 10, 0)
+    monkeypatch.setitem(versions.TESTED, "no-such-server-library", ((1,), (2,)))
+    assert versions.untested() == []

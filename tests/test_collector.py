@@ -17,7 +17,7 @@ import pytest
 import websockets
 from django.test import override_settings
 
-from broker_ws.servers import direct_write
+from broker_ws.servers import daphne
 from broker_ws.session.batching import Batcher
 from broker_ws.session.collector import Collector
 from tests.servers import deployment, obtain_token
@@ -251,7 +251,7 @@ def test_autobahn_no_longer_pretty_prints_what_it_does_not_log() -> None:
     import autobahn.websocket.protocol as protocol_module
 
     try:
-        assert direct_write.skip_autobahn_debug_pretty_printing()
+        assert daphne.skip_autobahn_debug_pretty_printing()
         assert protocol_module.pformat([("a", 1)]) == "[('a', 1)]"
         assert protocol_module.pformat is not pprint.pformat
     finally:
@@ -259,6 +259,6 @@ def test_autobahn_no_longer_pretty_prints_what_it_does_not_log() -> None:
     # A module that no longer has the name is left as it is.
     saved = sys.modules.pop("autobahn.websocket.protocol")
     try:
-        assert not direct_write.skip_autobahn_debug_pretty_printing()
+        assert not daphne.skip_autobahn_debug_pretty_printing()
     finally:
         sys.modules["autobahn.websocket.protocol"] = saved

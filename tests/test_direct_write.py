@@ -12,7 +12,8 @@ import pytest
 import websockets
 from websockets.frames import Frame, Opcode
 
-from broker_ws.servers.direct_write import EncodedFrame, direct_writer, text_frame_header
+from broker_ws.servers import Transport, transport_for
+from broker_ws.wire.encoded import EncodedFrame, text_frame_header
 from tests.servers import deployment, obtain_token
 
 TIMEOUT = 15.0
@@ -61,9 +62,9 @@ def test_other_servers_and_test_communicators_keep_the_asgi_send() -> None:
         async def send(self, message: dict[str, object]) -> None:
             return None
 
-    assert direct_writer(asgi_send) is None
-    assert direct_writer(OtherProtocol().send) is None
-    assert direct_writer(object()) is None
+    assert type(transport_for(asgi_send)) is Transport
+    assert type(transport_for(OtherProtocol().send)) is Transport
+    assert type(transport_for(object())) is Transport
 
 
 @pytest.mark.parametrize("server", ["daphne", "uvicorn"])
@@ -95,3 +96,64 @@ async def test_direct_quotes_and_queued_frames_of_every_size_arrive_intact_and_i
                         assert frame[1] == "EUR/USD" and frame[2] < frame[3]
                         quotes += 1
             assert received == texts
+
+
+#: Runs ``manage.py ...`` with autobahn's ``_perMessageCompress`` looking renamed to
+#: broker_ws's daphne shortcuts (as an upgrade renaming it would), and only to them:
+#: autobahn itself, which daphne's ASGI ``send`` goes through, still finds it.
+RENAMED_ATTRIBUTE = """\
+import runpy
+import sys
+from pathlib import Path
+
+from autobahn.websocket.protocol import WebSocketProtocol
+
+
+def read(protocol):
+    if sys._getframe(1).f_globals.get("__name__") == "broker_ws.servers.daphne":
+        raise AttributeError("'WebSocketServerProtocol' has no attribute '_perMessageCompress'")
+    return protocol.__dict__.get("_renamed_compress")
+
+
+def write(protocol, value):
+    protocol.__dict__["_renamed_compress"] = value
+
+
+WebSocketProtocol._perMessageCompress = property(read, write)
+sys.argv = sys.argv[1:]
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+async def test_a_renamed_daphne_attribute_turns_the_shortcut_off_and_every_frame_arrives(
+    tmp_path: Path,
+) -> None:
+    """The direct write fails on its first frame; it is turned off for the process with
+    one WARNING, and that frame and every later one go through daphne's ASGI send."""
+    wrapper = tmp_path / "renamed_attribute.py"
+    wrapper.write_text(RENAMED_ATTRIBUTE)
+    texts = ["hello", "n" * 200, "big " * 17_500]
+    with deployment("embedded", tmp_path) as demo:
+        host = demo.start_server("--rate", "50", "--symbols", "EUR/USD", wrapper=[str(wrapper)])
+        token = obtain_token(host, "alice", "alice-demo-pass")["access"]
+        async with websockets.connect(f"ws://{host}/", max_size=2**20) as ws:
+            await ws.send(json.dumps({"authorization": token}))
+            assert json.loads(await ws.recv())["event"] == "authorized"
+            await ws.send(json.dumps({"event": "subscribe", "data": ["EUR/USD"]}))
+            assert json.loads(await ws.recv())["event"] == "subscribed"
+            for text in texts:
+                await asyncio.to_thread(demo.manage, "ws_notify", text, "--login", "1001")
+            received: list[str] = []
+            quotes = 0
+            async with asyncio.timeout(TIMEOUT):
+                while len(received) < len(texts) or quotes < 20:
+                    frame = json.loads(await ws.recv())
+                    if isinstance(frame, list) and frame[0] == "n":
+                        received.append(frame[4])
+                    elif isinstance(frame, list) and frame[0] == "t":
+                        quotes += 1
+            assert received == texts
+        (log,) = demo.stop()
+    assert log.count("direct write shortcut failed") == 1, log
+    assert "_perMessageCompress" in log

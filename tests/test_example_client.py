@@ -83,7 +83,7 @@ async def test_a_close_before_the_hello_is_a_close_code_not_a_crash() -> None:
 async def test_a_429_handshake_is_retried_no_sooner_than_its_retry_after(monkeypatch) -> None:
     """The server's admission refuses a connection with HTTP 429 and Retry-After: the
     client waits at least that long, not its 0.5 s back-off."""
-    from broker_ws.servers.direct_write import refusal_response
+    from broker_ws.servers.daphne import refusal_response
 
     async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

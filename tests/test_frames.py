@@ -184,3 +184,9 @@ def test_authorized_reply_layout():
             "seq": {"1001": 4, "1002": 0},
         },
     }
+
+
+def test_account_parts_says_who_numbers_account_frames():
+    """The seq is spliced in by the outbox (in the database), not by Redis."""
+    doc = frames.account_parts.__doc__ or ""
+    assert "outbox" in doc and "in Redis" not in doc

@@ -1,5 +1,5 @@
 """daphne's keepalive pings of sessions that connected together are spread
-over the ping interval (broker_ws.servers.pings), observed by real clients."""
+over the ping interval (broker_ws.servers.daphne.PingPhase), observed by real clients."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from broker_ws.servers.pings import PingPhase, ping_phase
+from broker_ws.servers import transport_for
+from broker_ws.servers.daphne import DaphneTransport, PingPhase
 from tests.servers import ROOT, deployment, free_port, wait_for_port
 
 PING_INTERVAL = 4  # daphne checks every open session for a due ping every 2 s
@@ -84,7 +85,7 @@ def test_other_servers_sends_are_left_alone() -> None:
     async def send(message: dict[str, object]) -> None:
         raise AssertionError("not called")
 
-    assert ping_phase(send) is None
+    assert not isinstance(transport_for(send), DaphneTransport)
 
 
 def test_the_clock_moves_back_once_per_restart_by_daphne() -> None:

@@ -33,7 +33,7 @@ connection of an address that is not a trusted proxy:
   not a handshake, so a client that loops on refusals costs the server little.
 
 The decisions are here, apart from any server: a server's adapter (daphne's is
-in :mod:`broker_ws.servers.direct_write`) asks :meth:`Admission.admit_now` and, when
+in :mod:`broker_ws.servers.daphne`) asks :meth:`Admission.admit_now` and, when
 the answer is no, wraps the connection in an object that can
 :meth:`~Arrival.serve` and :meth:`~Arrival.refuse` and hands it to
 :meth:`Admission.wait`. Connections through a trusted proxy are the proxy's

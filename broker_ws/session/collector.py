@@ -13,8 +13,8 @@ or two) and then :func:`gc.freeze` moves everything that survived out of the
 collector's sight; once a burst settles, the collection before the freeze is a
 full one (it walks only what is not frozen yet: what is new). A frozen object
 is still freed by reference counting, and a closed session is (under daphne,
-:func:`broker_ws.servers.direct_write.release_when_forgotten` and
-:func:`~broker_ws.servers.direct_write.release_upgrade_requests` break the cycles its
+:func:`broker_ws.servers.daphne.release_when_forgotten` and
+:func:`~broker_ws.servers.daphne.release_upgrade_requests` break the cycles its
 server keeps), but a frozen object that dies in a reference cycle stays until
 the next reclaim: every ``GC_RECLAIM_INTERVAL`` seconds the process unfreezes,
 runs one full collection over everything (the pause this module otherwise

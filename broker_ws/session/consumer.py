@@ -40,20 +40,15 @@ from broker_ws.auth.tokens import Identity, authenticate
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.outbox.resume import missed_frames
-from broker_ws.servers.direct_write import (
-    EncodedFrame,
-    allow_close_handshake,
-    close_frame_on_failure,
-    release_when_forgotten,
-)
-from broker_ws.servers.pings import PingPhase, ping_phase
+from broker_ws.servers import Transport, transport_for
 from broker_ws.session.collector import get_collector
 from broker_ws.session.drain import get_drain
 from broker_ws.session.hub import Hub, get_hub
-from broker_ws.session.outgoing import Outgoing
+from broker_ws.session.outgoing import Frame, Outgoing
 from broker_ws.session.ratelimit import TokenBucket
 from broker_ws.session.symbols import split_symbols
 from broker_ws.wire import frames, protocol
+from broker_ws.wire.encoded import EncodedFrame
 from broker_ws.wire.protocol import CloseCode, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -77,13 +72,13 @@ class StreamConsumer(AsyncConsumer):
         self.symbols: set[str] = set()
         self.hub: Hub | None = None
         self.closed = False
-        self.out = Outgoing(send, self._too_slow)
+        self.transport: Transport = transport_for(send)
+        self.out = Outgoing(send, self.transport, self._too_slow, self._write_failed)
         self.rate = TokenBucket(conf.MAX_MESSAGES_PER_SECOND)
         self._counted = False  # in the session gauges
         # Per login, the last seq the client already has (from its resume).
         self.seen: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._ping_phase: PingPhase | None = None
         self._authorizing = False
         self._address = ""
         self._admitted = False  # counted among its address's unauthenticated sockets
@@ -95,8 +90,7 @@ class StreamConsumer(AsyncConsumer):
                 message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
-                    if self._ping_phase is not None:
-                        self._ping_phase.restore()  # daphne restarted its ping clock
+                    self.transport.client_spoke()
                     await self._on_receive(message)
                 elif kind == "websocket.connect":
                     await self._on_connect()
@@ -107,7 +101,7 @@ class StreamConsumer(AsyncConsumer):
             # Only now, with the connection gone, is the session off the drain's
             # books: a drain waits for the close frames it asked for to be written.
             get_drain().discard(self)
-            release_when_forgotten(send)
+            self.transport.after_disconnect()
 
     # --- lifecycle ------------------------------------------------------
     async def _on_connect(self) -> None:
@@ -118,12 +112,12 @@ class StreamConsumer(AsyncConsumer):
             self.closed = True
             await self.base_send({"type": "websocket.close"})
             return
-        close_frame_on_failure(self.base_send)
+        self.transport.before_accept()
         await self.base_send({"type": "websocket.accept"})
-        self._ping_phase = ping_phase(self.base_send)
+        self.transport.after_accept()
         get_collector().session_event()
         drain = get_drain()
-        drain.install(self.base_send)
+        drain.install(self.transport)
         drain.add(self)
         self._address = client_address(self.scope)
         throttle = get_throttle()
@@ -177,7 +171,7 @@ class StreamConsumer(AsyncConsumer):
             return
         self.closed = True
         if answer_within > 0:
-            allow_close_handshake(self.base_send, answer_within)
+            self.transport.allow_close_handshake(answer_within)
         metrics.CLOSES.labels(code=str(int(code))).inc()
         logger.info("broker_ws: closing session with %s (%d)", code.name, code)
         try:
@@ -209,9 +203,9 @@ class StreamConsumer(AsyncConsumer):
         self.out.close()
 
     # --- sending ----------------------------------------------------------
-    async def push(self, text: str) -> None:
+    async def push(self, frame: Frame) -> None:
         """Send one frame after every frame queued before it."""
-        await self.out.push(text)
+        await self.out.push(frame)
 
     async def notify(self, text: str) -> None:
         """Send a control notice at once, ahead of anything queued (see
@@ -222,17 +216,20 @@ class StreamConsumer(AsyncConsumer):
         """Send a quote frame (see :meth:`Outgoing.offer_quote`)."""
         return self.out.offer_quote(key, frame)
 
-    async def push_account(self, login: str, seq: int, text: str) -> None:
+    async def push_account(self, login: str, seq: int, frame: Frame) -> None:
         """Send an account frame unless the client said on resume that it has it."""
         floor = self.seen.get(login)
         if floor is not None:
             if seq <= floor:
                 return
             del self.seen[login]
-        await self.out.push(text)
+        await self.out.push(frame)
 
     async def _too_slow(self) -> None:
         await self.close(CloseCode.TOO_SLOW)
+
+    async def _write_failed(self) -> None:
+        await self.close(CloseCode.UNAVAILABLE)
 
     async def revoke(self, revoked_at: float) -> None:
         """Close the session if its token was issued up to ``revoked_at`` (epoch s).

@@ -37,7 +37,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from broker_ws.conf import conf
-from broker_ws.servers.direct_write import daphne_protocol
+from broker_ws.servers import Transport
 from broker_ws.wire import frames
 from broker_ws.wire.protocol import CloseCode
 
@@ -78,10 +78,10 @@ class Drain:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- installation -----------------------------------------------------------
-    def install(self, send: Any) -> None:
-        """Wrap the server's SIGTERM handler, once, if ``send`` is daphne's or uvicorn's
-        and this is the main thread (where signal handlers live)."""
-        if self._installed or conf.DRAIN_WINDOW <= 0 or not _served_by_a_server(send):
+    def install(self, transport: Transport) -> None:
+        """Wrap the server's SIGTERM handler, once, if the session's server is daphne
+        or uvicorn and this is the main thread (where signal handlers live)."""
+        if self._installed or conf.DRAIN_WINDOW <= 0 or not transport.handles_sigterm:
             return
         if threading.current_thread() is not threading.main_thread():
             return
@@ -154,14 +154,6 @@ class Drain:
                 await session.close(CloseCode.RESTARTING, answer_within=patience)
         except Exception as exc:  # the client left meanwhile
             logger.debug("broker_ws: drain of a session ended early (%r)", exc)
-
-
-def _served_by_a_server(send: Any) -> bool:
-    """Whether ``send`` is daphne's or uvicorn's (whose SIGTERM handlers are wrapped)."""
-    if daphne_protocol(send) is not None:
-        return True
-    owner = getattr(send, "__self__", None)
-    return type(owner).__module__.startswith("uvicorn.")
 
 
 _drain: Drain | None = None

@@ -38,9 +38,9 @@ from broker_ws.exceptions import TooManySessions, Unavailable
 from broker_ws.outbox import poller, store, tails
 from broker_ws.publish import broadcasts
 from broker_ws.publish.revocation import parse_revocation, revocation_payload
-from broker_ws.servers.direct_write import EncodedFrame
 from broker_ws.session.batching import Batcher
 from broker_ws.wire import channel_names
+from broker_ws.wire.encoded import EncodedFrame
 
 logger = logging.getLogger(__name__)
 

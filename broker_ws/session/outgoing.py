@@ -1,11 +1,12 @@
 """Everything one session sends: in order, and with a slow-consumer policy.
 
 daphne's ``send`` never blocks: a client that stops reading makes the
-server buffer frames without bound (DESIGN §4: +25 MB in 30 s for one stalled
-client). uvicorn's ``send`` waits for the socket to drain, which would stall
-a shared fan-out loop. So before writing, a session looks at how many bytes
-the server already holds for its socket (:func:`write_buffer_probe`); past
-``SLOW_CONSUMER_BUFFER`` it stops writing and becomes *slow*:
+server buffer frames without bound (+25 MB in 30 s for one stalled client).
+uvicorn's ``send`` waits for the socket to drain, which would stall a shared
+fan-out loop. So before writing, a session asks its server's
+:class:`~broker_ws.servers.Transport` how many bytes the server already holds
+for its socket; past the transport's limit (``SLOW_CONSUMER_BUFFER``, or
+less under uvicorn) it stops writing and becomes *slow*:
 
 * quotes are conflated: only the latest frame per symbol is kept;
 * every other frame (replies, account frames, notifications) is kept in
@@ -17,6 +18,14 @@ the server already holds for its socket (:func:`write_buffer_probe`); past
 A slow session checks every :data:`DRAIN_CHECK` seconds whether its socket
 has drained, then writes what it kept: the ordered frames first, then the
 latest quote of each symbol.
+
+A frame is written through the transport's shortcut when it has one, else
+through ASGI ``send``. A write that fails because the client left drops the
+queue (the session's disconnect message is on its way). A write that fails
+for any other reason is logged at WARNING and closes the session with
+:attr:`~broker_ws.wire.protocol.CloseCode.UNAVAILABLE` (reconnect after a
+back-off, with resume): a session delivers or closes, never stays open and
+silent.
 """
 
 from __future__ import annotations
@@ -25,12 +34,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from broker_ws.conf import conf
-from broker_ws.servers.direct_write import EncodedFrame, direct_writer
+from broker_ws.servers import ConnectionGone, Transport
+from broker_ws.wire.encoded import EncodedFrame
 
 logger = logging.getLogger(__name__)
 
@@ -38,40 +47,8 @@ logger = logging.getLogger(__name__)
 DRAIN_CHECK = 0.05
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def write_buffer_probe(send: Any) -> tuple[Callable[[], int], int] | None:
-    """How to see the bytes the server holds for this socket, and how many it may hold.
-
-    daphne passes ``partial(server.handle_reply, protocol)`` as ``send``;
-    uvicorn passes a bound method of its protocol. Either way the protocol's
-    transport tells how much is waiting to be written. Returns a function
-    giving that size and the threshold past which the session is slow:
-    ``SLOW_CONSUMER_BUFFER``, or for asyncio transports (uvicorn) at most half
-    their high-water mark, because above that mark uvicorn's ``send`` waits
-    for the client and would hold up every other session of the process.
-    Other servers (and test communicators) hide the transport: None, and the
-    session has no slow-consumer policy.
-    """
-    args = getattr(send, "args", None)
-    protocol = args[0] if args else getattr(send, "__self__", None)
-    transport = getattr(protocol, "transport", None)
-    limit = conf.SLOW_CONSUMER_BUFFER
-    for candidate in (transport, getattr(transport, "transport", None)):  # TLS wraps TCP
-        if candidate is None:
-            continue
-        size = getattr(candidate, "get_write_buffer_size", None)
-        if callable(size):  # asyncio transports (uvicorn)
-            _low, high = candidate.get_write_buffer_limits()
-            return size, min(limit, max(high // 2, 1))
-        if hasattr(candidate, "dataBuffer") and hasattr(candidate, "_tempDataLen"):
-            return partial(_twisted_buffer_size, candidate), limit  # daphne
-    return None
-
-
-def _twisted_buffer_size(transport: Any) -> int:
-    """Bytes a Twisted ``FileDescriptor`` still has to write."""
-    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+#: A frame to send: its text, or already encoded for every session that gets it.
+Frame = str | EncodedFrame
 
 
 async def _nothing_to_do() -> None:
@@ -81,15 +58,26 @@ async def _nothing_to_do() -> None:
 class Outgoing:
     """The ordered, flow-controlled frames of one session."""
 
-    def __init__(self, send: Send, on_too_slow: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        send: Send,
+        transport: Transport,
+        on_too_slow: Callable[[], Awaitable[None]],
+        on_failed: Callable[[], Coroutine[Any, Any, None]] = _nothing_to_do,
+    ) -> None:
+        """``on_too_slow`` and ``on_failed`` close the session (with ``TOO_SLOW``,
+        and ``UNAVAILABLE`` when a write failed other than by the client leaving)."""
         self._send = send
+        self._transport = transport
         self._on_too_slow = on_too_slow
-        self._direct = direct_writer(send)
-        probe = write_buffer_probe(send)
-        self._queued: Callable[[], int] | None = probe[0] if probe else None
-        self._limit = probe[1] if probe else 0
-        self._ordered: deque[str] = deque()
-        self._quotes: dict[str, str] = {}
+        self._on_failed = on_failed
+        #: Whether the transport may write frames itself (else: always ASGI send).
+        self._direct = type(transport) is not Transport
+        self._limit = transport.buffer_limit
+        self._ordered: deque[Frame] = deque()
+        self._quotes: dict[str, EncodedFrame] = {}
+        #: Tasks of this queue (flushes after a drain), referenced until done.
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sending = False
         self._holds = 0
         self._watch: asyncio.TimerHandle | None = None
@@ -97,15 +85,16 @@ class Outgoing:
         self.closed = False
 
     # --- entry points ---------------------------------------------------
-    async def push(self, text: str) -> None:
-        """Send a frame that must arrive, after every frame queued before it."""
+    async def push(self, frame: Frame) -> None:
+        """Send a frame that must arrive, after every frame queued before it (an
+        :class:`EncodedFrame` when the same frame goes to several sessions)."""
         if self.closed:
             return
         if self._sending or self._holds or self._ordered or self.slow:
-            self._ordered.append(text)
+            self._ordered.append(frame)
             await self._check_pending()
             return
-        await self._write_now(text)
+        await self._write_now(frame)
 
     def offer_quote(self, key: str, frame: EncodedFrame) -> Awaitable[None] | None:
         """Send a quote (encoded once for every session); while the client is slow
@@ -118,22 +107,21 @@ class Outgoing:
             return None
         if self.slow:
             self._quotes.pop(key, None)  # re-insert: flushed in order of last update
-            self._quotes[key] = frame.text
+            self._quotes[key] = frame
             return None
-        direct = self._direct
-        if direct is None or self._sending or self._holds or self._ordered:
-            return self.push(frame.text)
+        if not self._direct or self._sending or self._holds or self._ordered:
+            return self.push(frame)
         if self._backed_up():
             self._become_slow()
-            self._quotes[key] = frame.text
+            self._quotes[key] = frame
             return None
         try:
-            if direct(frame):
+            if self._transport.write(frame):
                 return None
-        except Exception as exc:
-            self._gone(exc)
+        except ConnectionGone:
+            self._gone()
             return None
-        return self.push(frame.text)
+        return self.push(frame)
 
     @contextlib.asynccontextmanager
     async def answering(self) -> AsyncIterator[list[str]]:
@@ -175,6 +163,7 @@ class Outgoing:
         reference counting rather than left to the cycle collector."""
         self.closed = True
         self._on_too_slow = _nothing_to_do
+        self._on_failed = _nothing_to_do
         self._ordered.clear()
         self._quotes.clear()
         if self._watch is not None:
@@ -183,33 +172,61 @@ class Outgoing:
 
     # --- writing ----------------------------------------------------------
     def _backed_up(self) -> bool:
-        return self._queued is not None and self._queued() > self._limit
+        buffered = self._transport.buffered() if self._limit else None
+        return buffered is not None and buffered > self._limit
 
-    async def _write_now(self, text: str) -> None:
+    async def _write_now(self, frame: Frame) -> None:
         if self._backed_up():
             self._become_slow()
-            self._ordered.append(text)
+            self._ordered.append(frame)
             return
         self._sending = True
         try:
-            await self._write(text)
+            await self._write(frame)
         finally:
             self._sending = False
         if self._ordered:
             await self._flush()
 
-    async def _write(self, text: str) -> None:
+    async def _write(self, frame: Frame) -> None:
+        if self._direct:
+            encoded = frame if isinstance(frame, EncodedFrame) else EncodedFrame(frame)
+            try:
+                if self._transport.write(encoded):
+                    return
+            except ConnectionGone:
+                self._gone()
+                return
+        text = frame.text if isinstance(frame, EncodedFrame) else frame
         try:
-            if self._direct is None or not self._direct(EncodedFrame(text)):
-                await self._send({"type": "websocket.send", "text": text})
+            await self._send({"type": "websocket.send", "text": text})
         except Exception as exc:
-            self._gone(exc)
+            # ASGI servers raise an OSError (uvicorn's ClientDisconnected) on a
+            # send to a connection that is gone.
+            if isinstance(exc, OSError) or self._transport.connection_closed():
+                self._gone()
+            else:
+                self._failed(exc)
 
-    def _gone(self, exc: Exception) -> None:
+    def _gone(self) -> None:
         # The client went away and the server has not told the session yet
         # (its disconnect message is still queued): nothing to send to.
-        logger.debug("broker_ws: send on a closed socket (%r); dropping the session's queue", exc)
+        logger.debug("broker_ws: send on a closed socket; dropping the session's queue")
         self.close()
+
+    def _failed(self, exc: Exception) -> None:
+        """A write failed with the client still there: close the session."""
+        logger.warning(
+            "broker_ws: a write to a session failed (%r); closing it with UNAVAILABLE", exc
+        )
+        on_failed = self._on_failed  # close() lets go of it
+        self.close()
+        self._spawn(on_failed())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _flush(self) -> None:
         """Write what waits, in order, until it is all out or the socket backs up."""
@@ -222,8 +239,8 @@ class Outgoing:
                 if self._backed_up():
                     self._become_slow()
                     return
-                text = ordered.popleft() if ordered else quotes.pop(next(iter(quotes)))
-                await self._write(text)
+                frame = ordered.popleft() if ordered else quotes.pop(next(iter(quotes)))
+                await self._write(frame)
             if self.slow and not self.closed:
                 self.slow = False
                 logger.info("broker_ws: slow session caught up")
@@ -255,4 +272,4 @@ class Outgoing:
         if self._backed_up():
             self._watch = asyncio.get_running_loop().call_later(DRAIN_CHECK, self._check_drained)
             return
-        asyncio.get_running_loop().create_task(self._flush())
+        self._spawn(self._flush())

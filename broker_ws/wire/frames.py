@@ -81,9 +81,10 @@ def quote(symbol: str, bid: float, ask: float, ts_ms: int) -> str:
 def account_parts(marker: str, login: str, fields: Sequence[Any]) -> FrameParts:
     """Split ``[marker, login, seq, ...fields]`` around the seq.
 
-    The sequence number is only known when the frame is appended to the
-    login's history (atomically, in Redis or in-process), so the publisher
-    encodes everything else once and the store splices the number in.
+    The sequence number is only known when the outbox numbers the frame (in
+    the database, in the publisher's transaction: :mod:`broker_ws.outbox.store`),
+    so the publisher encodes everything else once and the store splices the
+    number in.
     """
     head = dumps([marker, login]).decode()[:-1] + ","
     body = dumps(list(fields)).decode()
