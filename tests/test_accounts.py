@@ -214,9 +214,9 @@ async def test_frames_kept_for_a_later_read_are_capped_and_the_rest_gap_filled(
     """While the frames cannot be read, only the newest ``MAX_UNFETCHED`` are kept to
     ask for again; the older ones still arrive, in order, by the gap fill of the next
     frame the poll does deliver."""
-    from broker_ws.session import hub
+    from broker_ws.session import outbox_follower
 
-    monkeypatch.setattr(hub, "MAX_UNFETCHED", 1)
+    monkeypatch.setattr(outbox_follower, "MAX_UNFETCHED", 1)
     with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
         alice = await make_user("alice", ["1001"])
         client, data = await session(client_factory, alice.token)
@@ -251,22 +251,22 @@ async def test_the_outbox_task_lives_on_after_a_failure_and_the_frame_still_arri
 ) -> None:
     """Handling what the poll read fails once (a bug, say): it is logged, the task
     goes on, and the frame it dropped arrives by the gap fill of the next one."""
-    from broker_ws.session.hub import Hub
+    from broker_ws.session.logins import LoginStreams
 
     with override_settings(BROKER_WS=broker_ws_settings(OUTBOX_POLL_INTERVAL=0.05)):
         alice = await make_user("alice", ["1001"])
         client, data = await session(client_factory, alice.token)
         seq = data["seq"]["1001"]
-        needs = Hub._needs
+        needs = LoginStreams.needs
         calls: list[int] = []
 
-        def needs_failing_once(self: Hub, login: str, event_seq: int) -> bool:
+        def needs_failing_once(self: LoginStreams, login: str, event_seq: int) -> bool:
             calls.append(event_seq)
             if len(calls) == 1:
                 raise RuntimeError("boom")
             return needs(self, login, event_seq)
 
-        monkeypatch.setattr(Hub, "_needs", needs_failing_once)
+        monkeypatch.setattr(LoginStreams, "needs", needs_failing_once)
 
         @database_sync_to_async
         def record_without_publishing(text: str) -> None:

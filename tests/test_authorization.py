@@ -88,7 +88,9 @@ async def test_a_session_closed_by_the_auth_timeout_mid_authorization_is_never_r
         stalled_redis.resume()
         hub = await get_hub()
         async with asyncio.timeout(TIMEOUT):
-            while hub.sessions_of("3002") or any(s.login == "3002" for s in hub.logins.values()):
+            while hub.sessions_of("3002") or any(
+                s.login == "3002" for s in hub.logins.states.values()
+            ):
                 await asyncio.sleep(0.01)
     assert metrics.AUTHENTICATED._value.get() == authenticated
     assert not hub.users.get(str(user.user_id))
@@ -185,11 +187,11 @@ async def test_a_second_subscriber_during_the_first_ones_snapshot_read_gets_the_
     stalled_redis.stall()
     await first.send({"event": "subscribe", "data": ["XAU/USD"]})
     async with asyncio.timeout(TIMEOUT):
-        while hub._quote_waiters.get(channel) != 1:
+        while hub.quotes.waiters.get(channel) != 1:
             await asyncio.sleep(0.005)
     await second.send({"event": "subscribe", "data": ["XAU/USD"]})
     async with asyncio.timeout(TIMEOUT):
-        while hub._quote_waiters.get(channel) != 2:
+        while hub.quotes.waiters.get(channel) != 2:
             await asyncio.sleep(0.005)
     stalled_redis.resume()
 

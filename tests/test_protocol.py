@@ -832,12 +832,13 @@ async def test_closed_sessions_leave_nothing_behind_in_the_hub(backend, client_f
         await client.close()
     async with asyncio.timeout(TIMEOUT):
         while (
-            hub.quotes
+            hub.quotes.sessions
             or hub.users
             or hub.everyone
-            or any(state.sessions for state in hub.logins.values())
+            or any(state.sessions for state in hub.logins.states.values())
         ):
             await asyncio.sleep(0.01)
         while set(getattr(hub.subscriber, "wanted", set())) != baseline_wanted:
             await asyncio.sleep(0.01)
-    assert not hub.logins, hub.logins
+    assert not hub.logins.states, hub.logins.states
+    assert not hub.quotes.last_quote

@@ -9,8 +9,8 @@ Two halves:
 
 Account frames are numbered and stored by the database outbox
 (:mod:`broker_ws.outbox.store`) before they reach a backend; the bus only carries
-them fast. The payload published on a login channel is ``"<seq> <frame>"``;
-on other channels it is the frame.
+them fast. Payloads are the quote frame itself on a symbol's channel, else
+as :mod:`broker_ws.wire.messages` encodes them.
 """
 
 from __future__ import annotations
@@ -20,17 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 #: Called by a backend for every bus message: ``(channel, payload)``.
 MessageHandler = Callable[[str, str], None]
-
-
-def pack_numbered(seq: int, frame: str) -> str:
-    """Payload of a login-channel message."""
-    return f"{seq} {frame}"
-
-
-def unpack_numbered(payload: str) -> tuple[int, str]:
-    """Invert :func:`pack_numbered`."""
-    seq, _, frame = payload.partition(" ")
-    return int(seq), frame
 
 
 class Backend(abc.ABC):

@@ -17,10 +17,10 @@ from functools import partial
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from broker_ws.backends import get_backend
-from broker_ws.backends.base import pack_numbered
 from broker_ws.conf import conf
 from broker_ws.outbox import store
 from broker_ws.wire import channel_names
+from broker_ws.wire.messages import encode_numbered
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ def publish_committed(events: list[store.Event]) -> None:
     """Put committed events on the bus; a failure only delays them."""
     try:
         get_backend().publish_many(
-            [(channel_names.login_channel(e.login), pack_numbered(e.seq, e.frame)) for e in events]
+            [
+                (channel_names.login_channel(e.login), encode_numbered(e.seq, e.frame))
+                for e in events
+            ]
         )
     except Exception as exc:
         logger.warning(

@@ -15,9 +15,9 @@ from functools import partial
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from broker_ws.backends import get_backend
-from broker_ws.backends.base import pack_numbered
 from broker_ws.models import Broadcast
 from broker_ws.wire import channel_names
+from broker_ws.wire.messages import encode_numbered
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ def record_broadcast(frame: str, using: str | None = None) -> int:
 
 def _announce(broadcast_id: int, frame: str) -> None:
     try:
-        get_backend().publish(channel_names.everyone_channel(), pack_numbered(broadcast_id, frame))
+        get_backend().publish(
+            channel_names.everyone_channel(), encode_numbered(broadcast_id, frame)
+        )
     except Exception as exc:
         logger.warning(
             "broker_ws: bus publish of a broadcast failed (%s); server processes will "

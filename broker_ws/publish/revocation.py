@@ -24,6 +24,7 @@ from django.utils import timezone
 from broker_ws.backends import get_backend
 from broker_ws.models import Revocation
 from broker_ws.wire import channel_names
+from broker_ws.wire.messages import encode_revocation
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +91,7 @@ async def arevoke_user(user: Any) -> None:
 def revocation_payload(user_id: str, revoked_at: dt.datetime) -> str:
     """Bus payload of a revocation: the user and when (sessions of tokens issued
     later, after a new login, stay open)."""
-    return f"{user_id} {revoked_at.timestamp()}"
-
-
-def parse_revocation(payload: str) -> tuple[str, float]:
-    """Invert :func:`revocation_payload`: ``(user_id, epoch seconds)``."""
-    user_id, _, when = payload.rpartition(" ")
-    return user_id, float(when)
+    return encode_revocation(user_id, revoked_at.timestamp())
 
 
 def _announce(payload: str) -> None:
