@@ -16,15 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pytest
 from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import override_settings
 
-from broker_ws.session.consumer import StreamConsumer
 from broker_ws.session.hub import close_hubs
+from broker_ws.testing import StreamClient
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TIMEOUT = 5.0
@@ -119,53 +117,8 @@ def make_user() -> Any:
     return make
 
 
-class Client:
-    """A protocol v1 client over Channels' WebsocketCommunicator."""
-
-    def __init__(self, headers: list[tuple[bytes, bytes]] | None = None, path: str = "/") -> None:
-        self.ws = WebsocketCommunicator(StreamConsumer.as_asgi(), path, headers=headers)
-
-    async def connect(self) -> None:
-        connected, _ = await self.ws.connect(timeout=TIMEOUT)
-        assert connected
-
-    async def send(self, message: Any) -> None:
-        if isinstance(message, bytes):
-            await self.ws.send_to(bytes_data=message)
-        elif isinstance(message, str):
-            await self.ws.send_to(text_data=message)
-        else:
-            await self.ws.send_to(text_data=orjson.dumps(message).decode())
-
-    async def recv_text(self, timeout: float = TIMEOUT) -> str:
-        message = await self.ws.receive_output(timeout)
-        assert message["type"] == "websocket.send", message
-        return message["text"]  # type: ignore[no-any-return]
-
-    async def recv(self, timeout: float = TIMEOUT) -> Any:
-        return orjson.loads(await self.recv_text(timeout))
-
-    async def recv_close(self, timeout: float = TIMEOUT) -> int:
-        """Skip frames until the server closes; return the close code."""
-        while True:
-            message = await self.ws.receive_output(timeout)
-            if message["type"] == "websocket.close":
-                return message.get("code", 1000)  # type: ignore[no-any-return]
-
-    async def authorize(self, token: str) -> Any:
-        await self.send({"authorization": token})
-        reply = await self.recv()
-        assert reply["event"] == "authorized", reply
-        return reply["data"]
-
-    async def subscribe(self, *symbols: str) -> Any:
-        await self.send({"event": "subscribe", "data": list(symbols)})
-        reply = await self.recv()
-        assert reply["event"] == "subscribed", reply
-        return reply["data"]
-
-    async def close(self) -> None:
-        await self.ws.disconnect()
+#: The project's tests speak protocol v1 through the public test kit.
+Client = StreamClient
 
 
 @pytest.fixture
