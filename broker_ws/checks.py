@@ -3,7 +3,8 @@
 
 IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
 E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
-E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, W001 Redis channel layer without REDIS_URL,
+E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, E011 TRUSTED_PROXIES,
+W001 Redis channel layer without REDIS_URL,
 W002 a server library outside the versions broker_ws was tested with.
 """
 

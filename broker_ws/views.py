@@ -1,4 +1,4 @@
-"""HTTP endpoints a host mounts beside the stream (see the README)."""
+"""HTTP endpoints a host mounts beside the stream (docs/guide.md tells how)."""
 
 from __future__ import annotations
 
