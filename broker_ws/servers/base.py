@@ -86,6 +86,15 @@ class Transport:
         """
         return False
 
+    def write_failed(self, path: FastPath, exc: Exception) -> bool:
+        """What a shortcut's write does when it raised: on a closed connection the
+        client left (:class:`ConnectionGone`); otherwise the shortcut is broken, so it
+        is turned off and the frame goes through ASGI ``send`` (False)."""
+        if self.connection_closed():
+            raise ConnectionGone() from exc
+        path.fail(exc)
+        return False
+
     def buffered(self) -> int | None:
         """Bytes the server holds for this socket, not yet written; None when the
         server does not tell (the session then has no slow-consumer policy)."""

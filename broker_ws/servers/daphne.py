@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker_ws.conf import conf
-from broker_ws.servers.base import ConnectionGone, FastPath, Transport
+from broker_ws.servers.base import FastPath, Transport
 from broker_ws.wire.encoded import EncodedFrame
 
 SERVER = "daphne"
@@ -124,10 +124,7 @@ class DaphneTransport(Transport):
             transport.write(frame.wire)
             return True
         except Exception as exc:
-            if self.connection_closed():
-                raise ConnectionGone() from exc
-            DIRECT_WRITE.fail(exc)
-            return False
+            return self.write_failed(DIRECT_WRITE, exc)
 
     def buffered(self) -> int | None:
         tcp = self._tcp

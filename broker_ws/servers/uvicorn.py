@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker_ws.conf import conf
-from broker_ws.servers.base import ConnectionGone, FastPath, Transport
+from broker_ws.servers.base import FastPath, Transport
 from broker_ws.wire.encoded import EncodedFrame
 
 SERVER = "uvicorn"
@@ -85,10 +85,7 @@ class UvicornTransport(Transport):
                 return True
             return False
         except Exception as exc:
-            if self.connection_closed():
-                raise ConnectionGone() from exc
-            DIRECT_WRITE.fail(exc)
-            return False
+            return self.write_failed(DIRECT_WRITE, exc)
 
     def buffered(self) -> int | None:
         size = self._size
