@@ -520,7 +520,10 @@ def one_run(
         wait_for_port(port, server)
         if users:
             hellos = [
-                json.dumps({"authorization": token, "resume": {login: 0}}) for login, token in users
+                json.dumps({"authorization": token, "resume": {login: 0}})
+                if args.resume
+                else json.dumps({"authorization": token})
+                for login, token in users
             ]
         else:
             token = obtain_token(host, USER, PASSWORD)["access"]
@@ -701,6 +704,12 @@ def main() -> None:
         default=0.0,
         help="before each run wait up to S s for "
         "other load under 0.3 cores (bench/fanout.py's rule)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="sessions of their own users authorize without resume (a connect storm)",
     )
     parser.add_argument("--json", type=Path, help="write every figure there")
     args = parser.parse_args()

@@ -8,6 +8,7 @@ settings at import time::
     notify / anotify                 a notification to one login or to everyone
     bind / push_saved                model bindings, and saves that bypass signals
     revoke_user / arevoke_user       close a user's sessions everywhere, refuse its tokens
+    is_revoked / ais_revoked         whether a token issued at a given time was revoked since
     CloseCode                        the close codes of protocol v1
 """
 
@@ -15,7 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+#: This release (PEP 440); the package metadata reads it from here.
+__version__ = "0.2.0"
+
 __all__ = [
+    "__version__",
     "CloseCode",
     "anotify",
     "apublish_quote",
@@ -27,12 +32,14 @@ __all__ = [
     "push_saved",
     "arevoke_user",
     "revoke_user",
+    "ais_revoked",
+    "is_revoked",
 ]
 
 if TYPE_CHECKING:
     from broker_ws.publish.api import anotify, apublish_quote, apush, notify, publish_quote, push
     from broker_ws.publish.bindings import bind, push_saved
-    from broker_ws.publish.revocation import arevoke_user, revoke_user
+    from broker_ws.publish.revocation import ais_revoked, arevoke_user, is_revoked, revoke_user
     from broker_ws.wire.protocol import CloseCode
 
 _LOCATIONS = {
@@ -47,6 +54,8 @@ _LOCATIONS = {
     "CloseCode": "broker_ws.wire.protocol",
     "revoke_user": "broker_ws.publish.revocation",
     "arevoke_user": "broker_ws.publish.revocation",
+    "is_revoked": "broker_ws.publish.revocation",
+    "ais_revoked": "broker_ws.publish.revocation",
 }
 
 

@@ -4,12 +4,14 @@
 IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
 E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
 E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, E011 TRUSTED_PROXIES,
+E012 REDIS_URL set without the redis extra installed, E013 TOKEN_AUTHENTICATOR,
 W001 Redis channel layer without REDIS_URL,
 W002 a server library outside the versions broker_ws was tested with.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -68,6 +70,7 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
             )
         )
     errors += _check_callable("LOGIN_RESOLVER", conf.LOGIN_RESOLVER, "broker_ws.E003")
+    errors += _check_callable("TOKEN_AUTHENTICATOR", conf.TOKEN_AUTHENTICATOR, "broker_ws.E013")
     symbols = conf.SYMBOLS
     if isinstance(symbols, str):
         errors += _check_callable("SYMBOLS", symbols, "broker_ws.E004")
@@ -129,6 +132,14 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
             Error(
                 "BROKER_WS['REDIS_URL'] must be None or a redis://, rediss:// or unix:// URL.",
                 id="broker_ws.E008",
+            )
+        )
+    elif url is not None and importlib.util.find_spec("redis") is None:
+        errors.append(
+            Error(
+                "BROKER_WS['REDIS_URL'] is set but redis-py is not installed.",
+                hint="pip install 'broker-ws[redis]'",
+                id="broker_ws.E012",
             )
         )
     errors += _check_layer(url)

@@ -24,6 +24,10 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path to ``callable(user) -> Iterable[str]``: the logins whose
     # account frames a token of that user may receive.
     "LOGIN_RESOLVER": "broker_ws.auth.username_login",
+    # A callable, or its dotted path, ``(raw_token: str) -> Identity`` (sync or
+    # async): what a token is and whom it speaks for. The default accepts
+    # simplejwt access tokens and asks LOGIN_RESOLVER (broker_ws/auth/authenticate.py).
+    "TOKEN_AUTHENTICATOR": "broker_ws.auth.simplejwt_authenticator",
     # None: any symbol allowed by SYMBOL_MAX_LENGTH. A list/tuple/set: only
     # those. A dotted path to ``callable(symbol) -> bool``: whatever it accepts.
     "SYMBOLS": None,
@@ -115,6 +119,10 @@ class Settings:
     @property
     def LOGIN_RESOLVER(self) -> Any:
         return self._get("LOGIN_RESOLVER")
+
+    @property
+    def TOKEN_AUTHENTICATOR(self) -> Any:
+        return self._get("TOKEN_AUTHENTICATOR")
 
     @property
     def SYMBOLS(self) -> Any:

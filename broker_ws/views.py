@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any
 
@@ -20,7 +19,7 @@ from rest_framework_simplejwt.views import TokenRefreshView as BaseTokenRefreshV
 
 from broker_ws.auth.tokens import get_login_resolver
 from broker_ws.outbox.snapshot import account_snapshot, encode_snapshot
-from broker_ws.publish.revocation import revoked_since
+from broker_ws.publish.revocation import is_revoked
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +110,7 @@ class RevocationAwareTokenRefreshSerializer(TokenRefreshSerializer):
                 ._default_manager.filter(**{jwt_settings.USER_ID_FIELD: claimed})
                 .first()
             )
-            if user is not None and revoked_since(
-                str(user.pk), dt.datetime.fromtimestamp(int(issued), tz=dt.UTC)
-            ):
+            if user is not None and is_revoked(user, int(issued)):
                 raise InvalidToken("token was revoked")
         return super().validate(attrs)
 

@@ -172,7 +172,7 @@ def test_a_revocation_prunes_the_users_earlier_ones() -> None:
     """Once the revoking transaction commits, the user's rows it supersedes are deleted,
     so the table keeps about one row per revoked user; tokens of every earlier
     revocation are still refused. Another user's rows are kept."""
-    from broker_ws.publish.revocation import revoke_user, revoked_since
+    from broker_ws.publish.revocation import is_revoked, revoke_user
 
     long_ago = timezone.now() - dt.timedelta(days=30)
     Revocation.objects.create(user_id="7", revoked_at=long_ago)
@@ -182,9 +182,9 @@ def test_a_revocation_prunes_the_users_earlier_ones() -> None:
     newest = Revocation.objects.filter(user_id="7").order_by("id").last()
     assert newest is not None
     assert set(Revocation.objects.values_list("id", flat=True)) == {other.id, newest.id}
-    assert revoked_since("7", long_ago - dt.timedelta(seconds=1))
-    assert revoked_since("7", newest.revoked_at)
-    assert revoked_since("8", long_ago)
+    assert is_revoked("7", long_ago - dt.timedelta(seconds=1))
+    assert is_revoked("7", newest.revoked_at)
+    assert is_revoked("8", long_ago)
 
 
 def test_a_revocation_keeps_a_later_dated_row() -> None:

@@ -1,4 +1,4 @@
-"""Token validation and the user → logins mapping.
+"""The default ``TOKEN_AUTHENTICATOR`` (simplejwt access tokens) and the user → logins mapping.
 
 A token is accepted only as a simplejwt *access* token: ``AccessToken(raw)``
 checks the signature with the configured algorithm only (so ``alg: none``
@@ -22,12 +22,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import Error as DatabaseError
 from django.utils.module_loading import import_string
 
+from broker_ws.auth.identity import Identity
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ConfigurationError, Unavailable
 from broker_ws.publish.revocation import latest_revocations
@@ -36,17 +36,6 @@ from broker_ws.session.batching import Batcher
 logger = logging.getLogger(__name__)
 
 LoginResolver = Callable[[Any], Iterable[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a validated token speaks for, and what it may see."""
-
-    user_id: str
-    username: str
-    logins: tuple[str, ...]
-    expires_ms: int
-    issued_at: int = 0  # the token's iat, epoch seconds
 
 
 def username_login(user: Any) -> list[str]:
@@ -236,8 +225,11 @@ def _detail_text(detail: Any) -> str:
     return str(detail) or "Token is invalid"
 
 
-async def authenticate(raw: str) -> Identity:
-    """Validate ``raw`` as an access token and resolve its user's logins.
+async def simplejwt_authenticator(raw: str) -> Identity:
+    """The default ``TOKEN_AUTHENTICATOR``: ``raw`` as a simplejwt access token, its
+    user checked by simplejwt, its revocations checked, and its logins from
+    ``LOGIN_RESOLVER``; concurrent calls share database trips (one query for the
+    users and one for the revocations of all the tokens waiting meanwhile).
 
     Raises:
         AuthenticationError: the token or its user is refused.

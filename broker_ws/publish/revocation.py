@@ -4,8 +4,10 @@
 current transaction and, when it commits, tells every server process on the
 bus; processes also find it in the table within ``OUTBOX_POLL_INTERVAL``
 (the bus may be down, or absent between processes). Each closes that user's
-sessions with 4004, and :func:`broker_ws.auth.tokens.authenticate` refuses tokens
-issued up to the revocation. Deactivating a user (``is_active = False``,
+sessions with 4004, and every authorization refuses tokens issued up to the
+revocation (:mod:`broker_ws.auth.authenticate`, whatever the
+``TOKEN_AUTHENTICATOR``). :func:`is_revoked` is the same check for a host's own
+refresh or login view. Deactivating a user (``is_active = False``,
 saved through the ORM) revokes it.
 """
 
@@ -56,7 +58,7 @@ def _prune_superseded(user_id: str, row_id: int, revoked_at: dt.datetime, alias:
     """Delete the user's earlier revocations that the committed row ``row_id`` supersedes.
 
     A token is refused when any revocation of its user is at or after its
-    ``iat`` (:func:`revoked_since`), so a revocation with a later or equal
+    ``iat`` (:func:`is_revoked`), so a revocation with a later or equal
     ``revoked_at`` refuses everything an earlier one did, and server
     processes that have not read the earlier row yet close the same
     sessions when they read this one. Pruning keeps the table at about one
@@ -105,9 +107,37 @@ def _announce(payload: str) -> None:
         )
 
 
-def revoked_since(user_id: str, issued_at: dt.datetime) -> bool:
-    """Whether ``user_id`` was revoked at or after ``issued_at``."""
-    return Revocation.objects.filter(user_id=user_id, revoked_at__gte=issued_at).exists()
+def is_revoked(user: Any, issued_at: dt.datetime | float | None, using: str | None = None) -> bool:
+    """Whether a token of ``user`` issued at ``issued_at`` is refused by a revocation.
+
+    The check that every authorization of a session makes, and broker_ws's
+    refresh view (:class:`broker_ws.views.TokenRefreshView`), for a host's own
+    refresh or login view: a token is refused when the user was revoked
+    (:func:`revoke_user`, or deactivated) at or after the token was issued.
+
+    Args:
+        user: a user, or its primary key.
+        issued_at: the token's issue time: an aware datetime, or seconds since the
+            epoch (a JWT's ``iat``). ``None`` (a token without one) is covered by any
+            revocation of the user.
+        using: the database alias to read (the default one).
+
+    Raises:
+        django.db.DatabaseError: the table could not be read.
+    """
+    rows = Revocation.objects.using(using or DEFAULT_DB_ALIAS).filter(user_id=_user_id(user))
+    if issued_at is not None:
+        if not isinstance(issued_at, dt.datetime):
+            issued_at = dt.datetime.fromtimestamp(float(issued_at), tz=dt.UTC)
+        rows = rows.filter(revoked_at__gte=issued_at)
+    return rows.exists()
+
+
+async def ais_revoked(
+    user: Any, issued_at: dt.datetime | float | None, using: str | None = None
+) -> bool:
+    """:func:`is_revoked` for async code (it runs in the database thread)."""
+    return await database_sync_to_async(is_revoked)(user, issued_at, using)
 
 
 def latest_revocations(user_ids: Iterable[str]) -> dict[str, dt.datetime]:

@@ -18,7 +18,7 @@ TESTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "daphne": ((4, 2), (4, 3)),
     "autobahn": ((24, 4), (27,)),
     "Twisted": ((24, 7), (27,)),
-    "uvicorn": ((0, 30), (0, 56)),
+    "uvicorn": ((0, 50), (0, 56)),
     "websockets": ((13,), (18,)),
 }
 

@@ -7,7 +7,8 @@ Channels' ``AsyncConsumer`` but runs its own receive loop instead of
 (``aclose_old_connections``) before every handler, and a session has no
 per-connection channel-layer channel at all (fan-out is per process), which
 also keeps an idle session small. Database work happens only in
-:func:`broker_ws.auth.tokens.authenticate`, through ``database_sync_to_async``.
+:func:`broker_ws.auth.authenticate.authenticate` (the configured
+``TOKEN_AUTHENTICATOR``), through ``database_sync_to_async``.
 
 Every send goes through :class:`~broker_ws.session.outgoing.Outgoing`, which keeps
 per-session order (while a request is being answered, later frames wait and
@@ -34,9 +35,10 @@ from channels.consumer import AsyncConsumer
 from django.db import Error as DatabaseError
 
 from broker_ws import metrics
+from broker_ws.auth.authenticate import authenticate
+from broker_ws.auth.identity import Identity
 from broker_ws.auth.origin import origin_allowed
 from broker_ws.auth.throttle import client_address, get_throttle
-from broker_ws.auth.tokens import Identity, authenticate
 from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.outbox.resume import missed_frames
@@ -316,6 +318,14 @@ class StreamConsumer(AsyncConsumer):
             return
         except Unavailable as exc:
             await self._unavailable(exc, close=first)
+            return
+        except Exception:
+            # The host's TOKEN_AUTHENTICATOR failed in a way it does not document (or
+            # returned something that is not an Identity): a bug, not the client's.
+            logger.exception("broker_ws: the token authenticator failed")
+            await self._error(ErrorCode.INTERNAL_ERROR, "the server could not check the token")
+            if first:
+                await self.close(CloseCode.UNAVAILABLE)
             return
         finally:
             self._authorizing = False
