@@ -46,7 +46,7 @@ find_python() {  # find_python 3.13: the path of a CPython 3.13 interpreter, or 
     for candidate in "$(command -v "python$version" || true)" \
         $(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)/versions/$version".*/bin/python"$version" 2>/dev/null | sort -V -r); do
         if [ -n "$candidate" ] && [ -x "$candidate" ] &&
-            [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$version" ]; then
+            [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$version" ]; then
             echo "$candidate"
             return 0
         fi
@@ -96,7 +96,7 @@ for cell in "${CELLS[@]}"; do
         tests=()
     else
         build_wheel
-        "$venv/bin/python" -m pip install "${PIP[@]}" "$WHEEL[redis,uvicorn,client]" \
+        "$venv/bin/python" -m pip install "${PIP[@]}" "$WHEEL[redis,uvicorn,jwt,client]" \
             -r requirements.txt $(cell_pins "$cell")
         "$venv/bin/python" -m pip install "${PIP[@]}" --force-reinstall --no-deps "$WHEEL"
         tree="$WORK/tree-$cell"
