@@ -38,6 +38,14 @@ class Unavailable(BrokerWsError):
     """A dependency (the database, the bus) failed or was too slow: not the client's
     fault; the message given to clients never carries the dependency's own text."""
 
+    @classmethod
+    def database(cls, exc: BaseException) -> Unavailable:
+        """The error for a failed database read, ``exc`` kept as its cause (for the
+        log), for code that returns errors per item rather than raising them."""
+        error = cls("the database could not be read")
+        error.__cause__ = exc
+        return error
+
 
 class TooManySessions(BrokerWsError):
     """Every session slot of these logins on this process is taken."""

@@ -111,8 +111,7 @@ def _refuse_revoked(identities: list[Identity]) -> list[Identity | Exception]:
     try:
         latest = latest_revocations(identity.user_id for identity in identities)
     except DatabaseError as exc:
-        error = Unavailable("the database could not be read")
-        error.__cause__ = exc
+        error = Unavailable.database(exc)
         return [error for _ in identities]
     results: list[Identity | Exception] = []
     for identity in identities:

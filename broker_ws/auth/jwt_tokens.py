@@ -197,8 +197,7 @@ class JWTAuthenticator:
                 for user in model._default_manager.filter(**{f"{self.user_lookup}__in": user_ids})
             }
         except DatabaseError as exc:
-            error = Unavailable("the database could not be read")
-            error.__cause__ = exc
+            error = Unavailable.database(exc)
             return [error for _ in user_ids]
         resolver = get_login_resolver()
         results: list[tuple[str, tuple[str, ...]] | Exception] = []
@@ -213,9 +212,7 @@ class JWTAuthenticator:
                     logins = tuple(str(login) for login in resolver(user))
                     results.append((str(user.get_username()), logins))
                 except DatabaseError as exc:
-                    error = Unavailable("the database could not be read")
-                    error.__cause__ = exc
-                    results.append(error)
+                    results.append(Unavailable.database(exc))
                 except Exception as exc:  # the host's resolver: this token alone fails
                     results.append(exc)
         return results

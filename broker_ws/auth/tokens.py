@@ -91,7 +91,7 @@ def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
     try:
         checker = _batch_checker(tokens)
     except DatabaseError as exc:  # each token's own query would fail the same way
-        return [_unavailable(exc) for _ in tokens]
+        return [Unavailable.database(exc) for _ in tokens]
     results: list[Identity | Exception] = []
     users: list[Any] = []
     for token in tokens:
@@ -100,14 +100,16 @@ def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
         except AuthenticationFailed as exc:
             users.append(AuthenticationError(_detail_text(exc.detail)))
         except DatabaseError as exc:
-            users.append(_unavailable(exc))
+            users.append(Unavailable.database(exc))
         except Exception as exc:  # a host's user model: its token alone fails
             users.append(exc)
     found = [user for user in users if not isinstance(user, Exception)]
     try:
         revoked = latest_revocations(str(user.pk) for user in found)
     except DatabaseError as exc:
-        return [user if isinstance(user, Exception) else _unavailable(exc) for user in users]
+        return [
+            user if isinstance(user, Exception) else Unavailable.database(exc) for user in users
+        ]
     resolver = get_login_resolver()
     logins_of: dict[str, tuple[str, ...]] = {}
     for token, user in zip(tokens, users, strict=True):
@@ -119,7 +121,7 @@ def _load_identities(tokens: list[Any]) -> list[Identity | Exception]:
         except AuthenticationError as exc:
             results.append(exc)
         except DatabaseError as exc:
-            results.append(_unavailable(exc))
+            results.append(Unavailable.database(exc))
         except Exception as exc:  # a host's resolver failing: its token alone fails
             results.append(exc)
     return results
@@ -176,12 +178,6 @@ def _batch_checker(tokens: list[Any]) -> Any:
         return checker
     checker.user_model = _PrefetchedUsers(model, field, users)
     return checker
-
-
-def _unavailable(exc: DatabaseError) -> Unavailable:
-    error = Unavailable("the database could not be read")
-    error.__cause__ = exc
-    return error
 
 
 def _identity_of(
