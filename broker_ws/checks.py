@@ -190,7 +190,11 @@ def _check_bindings(declared: Any) -> list[CheckMessage]:
         if not isinstance(entry["fields"], list | tuple):
             errors.append(Error(f"{where}: fields must be a list.", id="broker_ws.E007"))
         elif model is not None:
-            for accessor in [entry["login"], *entry["fields"]]:
+            login = entry["login"]
+            logins = list(login) if isinstance(login, list | tuple) else [login]
+            if not logins:
+                errors.append(Error(f"{where}: login needs an accessor.", id="broker_ws.E007"))
+            for accessor in [*logins, *entry["fields"]]:
                 problem = _accessor_problem(model, accessor)
                 if problem:
                     errors.append(Error(f"{where}: {problem}", id="broker_ws.E007"))

@@ -15,6 +15,14 @@ DATABASES = {
         "TEST": {"NAME": "file:broker_ws_tests?mode=memory&cache=shared"},
     }
 }
+# A second database, for the ``using=`` of push and notify (tests that ask for it).
+DATABASES["other"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": ":memory:",
+    "TEST": {"NAME": "file:broker_ws_tests_other?mode=memory&cache=shared"},
+}
+# A deal between two accounts: a row that belongs to two logins.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.exchange"]  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 # Tests send messages far faster than any client may; the rate-limit tests

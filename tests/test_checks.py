@@ -323,3 +323,13 @@ def test_check_w002_reads_release_numbers_of_pre_releases_and_skips_absent_libra
     assert versions._release("26.10.0rc1") == (26, 10, 0)
     monkeypatch.setitem(versions.TESTED, "no-such-server-library", ((1,), (2,)))
     assert versions.untested() == []
+
+
+def test_check_e007_checks_every_login_accessor_of_a_list():
+    """A list of login paths is fine; one path in it that leads nowhere is E007, and so
+    is an empty list."""
+    good = {"model": "broker.Trade", "marker": "o", "login": ["account.login"], "fields": []}
+    assert _ids(BINDINGS=[good]) == []
+    bad = {**good, "login": ["account.login", "account.nope"]}
+    assert _ids(BINDINGS=[bad]) == ["broker_ws.E007"]
+    assert _ids(BINDINGS=[{**good, "login": []}]) == ["broker_ws.E007"]

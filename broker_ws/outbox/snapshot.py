@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from django.core.exceptions import FieldDoesNotExist
 from django.db import router, transaction
+from django.db.models import Q
 
 from broker_ws.models import LoginSequence
 from broker_ws.publish import bindings
@@ -38,20 +39,23 @@ def account_snapshot(logins: Sequence[str]) -> tuple[dict[str, int], list[str]]:
         seqs = {login: found.get(login, 0) for login in wanted}
         ordered = sorted(bindings.bindings().values(), key=lambda b: MARKER_ORDER[b.marker])
         for binding in ordered:
-            lookup = binding.login_lookup
-            if lookup is None or not wanted:
+            lookups = binding.login_lookups
+            if not lookups or not wanted:
                 continue  # a callable login cannot be queried
-            rows = binding.model._default_manager.filter(**{f"{lookup}__in": wanted})
+            belongs = Q()
+            for lookup in lookups:
+                belongs |= Q(**{f"{lookup}__in": wanted})
+            rows = binding.model._default_manager.filter(belongs)
             joined = related_paths(binding)
             if joined:
                 rows = rows.select_related(*joined)  # not one query per row for its login
             if binding.current:
                 rows = rows.filter(**binding.current)
             for instance in rows.order_by("pk"):
-                parts = binding.frame_parts(instance)
-                if parts is not None and parts[0] in seqs:
-                    login, (head, tail) = parts
-                    encoded.append(join_account(head, seqs[login], tail))
+                # A row of several logins is listed once for each of the caller's.
+                for login, (head, tail) in binding.frame_parts(instance):
+                    if login in seqs:
+                        encoded.append(join_account(head, seqs[login], tail))
     return seqs, encoded
 
 
@@ -70,7 +74,10 @@ def related_paths(binding: bindings.Binding) -> list[str]:
     """
     database = router.db_for_read(binding.model)
     paths: set[str] = set()
-    accessors = [(binding.login, True), *((path, False) for path in binding.fields)]
+    accessors = [
+        *((path, True) for path in bindings.login_accessors(binding.login)),
+        *((path, False) for path in binding.fields),
+    ]
     for accessor, is_login in accessors:
         if not isinstance(accessor, str) or "." not in accessor:
             continue

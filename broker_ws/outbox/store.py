@@ -196,7 +196,11 @@ def index_after(
     return sorted(rows)
 
 
-def events_by_id(ids: Sequence[int]) -> list[Event]:
-    """The account events with these ids (those still kept), in id order."""
-    rows = AccountEvent.objects.filter(id__in=list(ids)).order_by("id")
+def events_by_id(ids: Sequence[int], using: str | None = None) -> list[Event]:
+    """The account events with these ids (those still kept), in id order.
+
+    ``using``: the database to read (default: the router's for reads).
+    """
+    manager = AccountEvent.objects.using(using) if using else AccountEvent.objects
+    rows = manager.filter(id__in=list(ids)).order_by("id")
     return [Event(*row) for row in rows.values_list("id", "login", "seq", "frame")]

@@ -21,7 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from broker_ws.backends import get_backend
-from broker_ws.publish.accounts import emit
+from broker_ws.publish.accounts import Pending, emit
 from broker_ws.publish.alerts import check_quote
 from broker_ws.publish.broadcasts import record_broadcast
 from broker_ws.wire import channel_names, frames
@@ -69,21 +69,22 @@ def _account_parts(marker: str, fields: Sequence[Any], login: str) -> frames.Fra
     return frames.account_parts(marker, login, fields)
 
 
-def push(login: str, marker: str, fields: Sequence[Any]) -> int:
+def push(login: str, marker: str, fields: Sequence[Any], using: str | None = None) -> int:
     """Send ``[marker, login, seq, *fields]`` to every session of ``login``.
 
     Model saves do this by themselves (see :mod:`broker_ws.publish.bindings`); call
     it for account events that are not model saves. Inside
     ``transaction.atomic()`` the frame is sent only if that transaction
-    commits. Returns the seq given.
+    commits. ``using`` is the database alias of that transaction, as for
+    :func:`broker_ws.push_saved` (default: ``"default"``). Returns the seq given.
     """
     login = str(login)
-    return emit({login: [_account_parts(marker, fields, login)]})[0].seq
+    return emit([Pending(login, _account_parts(marker, fields, login))], using)[0].seq
 
 
-async def apush(login: str, marker: str, fields: Sequence[Any]) -> int:
+async def apush(login: str, marker: str, fields: Sequence[Any], using: str | None = None) -> int:
     """Async :func:`push` (the outbox write runs in Django's database thread)."""
-    return await database_sync_to_async(push)(login, marker, fields)
+    return await database_sync_to_async(push)(login, marker, fields, using)
 
 
 def _broadcast(text: str, level: str) -> str:
@@ -92,20 +93,25 @@ def _broadcast(text: str, level: str) -> str:
     return frames.broadcast_notification(level, text, frames.now_ms())
 
 
-def notify(text: str, level: str = "info", login: str | None = None) -> int | None:
+def notify(
+    text: str, level: str = "info", login: str | None = None, using: str | None = None
+) -> int | None:
     """Send a notification to one login (numbered, like account frames) or to every session.
 
-    Returns the seq given for a login, None for a broadcast.
+    ``using``: the database alias of the transaction it belongs to, as for
+    :func:`push`. Returns the seq given for a login, None for a broadcast.
     """
     frame = _broadcast(text, level)  # validates the arguments either way
     if login is None:
-        record_broadcast(frame)
+        record_broadcast(frame, using)
         return None
     login = str(login)
     parts = frames.notification_parts(level, text, frames.now_ms(), login)
-    return emit({login: [parts]})[0].seq
+    return emit([Pending(login, parts)], using)[0].seq
 
 
-async def anotify(text: str, level: str = "info", login: str | None = None) -> int | None:
+async def anotify(
+    text: str, level: str = "info", login: str | None = None, using: str | None = None
+) -> int | None:
     """Async :func:`notify` (the database write runs in Django's database thread)."""
-    return await database_sync_to_async(notify)(text, level, login)
+    return await database_sync_to_async(notify)(text, level, login, using)

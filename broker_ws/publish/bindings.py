@@ -10,7 +10,10 @@ find an instance's login, and which fields form the frame::
 
 or in code, ``broker_ws.bind(Balance, marker="b", login="account.login",
 fields=[...])``. ``login`` and each field are attribute paths (``a.b.c``) or
-callables taking the instance.
+callables taking the instance. A row may belong to several logins (a trade
+between a buyer and a seller, an account a manager watches): ``login`` is then
+a list of accessors (``["buyer.login", "seller.login"]``), or an accessor that
+yields a list; the frame goes to each login, numbered with that login's seq.
 
 The ``post_save`` handler snapshots the instance and records the frame in
 the account-event outbox inside the saving transaction
@@ -19,6 +22,11 @@ A rolled-back save sends nothing, and a failure of the bus after commit is
 logged, never raised into the code that saved. Wrap saves in
 ``transaction.atomic()`` (the admin does) to make the frame atomic with the
 save; under autocommit it is recorded right after the save's own commit.
+
+A row saved several times in one transaction (a host's ``post_save`` handler
+that saves the instance again) gives one frame per login, at the seq of its
+first save, carrying the state of its last save: the state the transaction
+commits (:mod:`broker_ws.publish.accounts`).
 """
 
 from __future__ import annotations
@@ -37,12 +45,14 @@ from django.db.models.expressions import BaseExpression, Combinable
 from django.db.models.signals import post_save
 
 from broker_ws.exceptions import ConfigurationError
-from broker_ws.publish.accounts import emit
+from broker_ws.publish.accounts import Pending, emit
 from broker_ws.wire import frames
 
 logger = logging.getLogger(__name__)
 
 Accessor = str | Callable[[Any], Any]
+#: ``login`` of a binding: one accessor, or several (each may yield several logins).
+LoginAccessor = Accessor | Sequence[Accessor]
 
 
 def _getter(accessor: Accessor) -> Callable[[Any], Any]:
@@ -51,35 +61,65 @@ def _getter(accessor: Accessor) -> Callable[[Any], Any]:
     return operator.attrgetter(accessor)
 
 
+def login_accessors(login: LoginAccessor) -> tuple[Accessor, ...]:
+    """The accessors of a binding's ``login``: one, or each of a list."""
+    if isinstance(login, str) or callable(login):
+        return (login,)
+    return tuple(login)
+
+
+def _expand(value: Any) -> Iterable[Any]:
+    """One login value, or the values of a collection (a list, a set, a queryset)."""
+    if isinstance(value, str | bytes | int) or not isinstance(value, Iterable):
+        return (value,)
+    return value
+
+
 @dataclass(frozen=True)
 class Binding:
     """How one model feeds one account marker.
 
+    ``login`` holds one accessor or several (see :func:`login_accessors`).
     ``current`` filters the rows a REST snapshot includes (open trades,
     active alerts); None includes every row of the login. A snapshot finds a
-    login's rows through ``login`` when it is an attribute path.
+    login's rows through the accessors that are attribute paths.
     """
 
     model: type[models.Model]
     marker: str
-    login: Accessor
+    login: LoginAccessor
     fields: tuple[Accessor, ...]
     current: Mapping[str, Any] | None = None
 
     @property
-    def login_lookup(self) -> str | None:
-        """The ORM lookup of the login (``account__login``), if ``login`` is a path."""
-        return self.login.replace(".", "__") if isinstance(self.login, str) else None
+    def login_lookups(self) -> list[str]:
+        """The ORM lookups (``account__login``) of the login accessors that are paths."""
+        return [a.replace(".", "__") for a in login_accessors(self.login) if isinstance(a, str)]
 
-    def frame_parts(self, instance: models.Model) -> tuple[str, tuple[str, str]] | None:
-        """``(login, frame parts)`` for ``instance``, or None if it has no login."""
+    def logins_of(self, instance: models.Model) -> list[str]:
+        """The logins ``instance`` belongs to, each once, in accessor order.
+
+        None and ``""`` are no login: a row whose only login is unset sends nothing.
+        """
+        found: dict[str, None] = {}
+        for accessor in login_accessors(self.login):
+            for value in _expand(_getter(accessor)(instance)):
+                if value is not None and value != "":
+                    found[str(value)] = None
+        return list(found)
+
+    def frame_parts(self, instance: models.Model) -> list[tuple[str, tuple[str, str]]]:
+        """``(login, frame parts)`` for each login of ``instance`` (none if it has none).
+
+        The fields are read once; each login gets its own encoded frame, since
+        the login is part of it.
+        """
         _settle_expressions(instance)
-        login = _getter(self.login)(instance)
-        if login is None or login == "":
-            return None
-        login = str(login)
+        logins = self.logins_of(instance)
+        if not logins:
+            return []
         values = [_field_value(instance, accessor) for accessor in self.fields]
-        return login, frames.account_parts(self.marker, login, values)
+        return [(login, frames.account_parts(self.marker, login, values)) for login in logins]
 
 
 def _settle_expressions(instance: models.Model) -> None:
@@ -128,7 +168,7 @@ def bind(
     model: type[models.Model] | str,
     *,
     marker: str,
-    login: Accessor,
+    login: LoginAccessor,
     fields: Sequence[Accessor],
     current: Mapping[str, Any] | None = None,
 ) -> Binding:
@@ -137,7 +177,9 @@ def bind(
     Args:
         model: the model class or ``"app_label.ModelName"``.
         marker: ``"b"`` (balance), ``"o"`` (trade) or ``"a"`` (price alert).
-        login: attribute path or callable giving an instance's login.
+        login: attribute path or callable giving an instance's login (or a
+            collection of logins), or a list of such accessors for a row that
+            belongs to several logins.
         fields: attribute paths or callables, in frame order.
         current: filter of the rows a REST snapshot returns (``{"status": "open"}``);
             None returns every row of the login.
@@ -146,6 +188,8 @@ def bind(
         model = apps.get_model(model)
     if marker not in frames.ACCOUNT_MARKERS:
         raise ConfigurationError(f"marker must be one of {sorted(frames.ACCOUNT_MARKERS)}")
+    if not login_accessors(login):
+        raise ConfigurationError("login needs at least one accessor")
     binding = Binding(model, marker, login, tuple(fields), current)
     _registry[model._meta.concrete_model or model] = binding
     # One receiver for every model: saves through a proxy of a bound model
@@ -201,15 +245,19 @@ def push_saved(instances: Iterable[models.Model], using: str | None = None) -> i
 
 
 def _schedule(instances: Iterable[models.Model], using: str | None) -> int:
-    by_login: dict[str, list[tuple[str, str]]] = {}
+    pending: list[Pending] = []
     for instance in instances:
-        binding = _registry.get(type(instance)._meta.concrete_model or type(instance))
+        model = type(instance)._meta.concrete_model or type(instance)
+        binding = _registry.get(model)
         if binding is None:
             continue
-        parts_of = binding.frame_parts(instance)
-        if parts_of is not None:
-            login, parts = parts_of
-            by_login.setdefault(login, []).append(parts)
-    if not by_login:
+        # The row's identity lets a later save of it in the same transaction
+        # replace this frame (see broker_ws.publish.accounts).
+        row = (model._meta.label, instance.pk) if instance.pk is not None else None
+        pending.extend(
+            Pending(login, parts, None if row is None else (*row, login))
+            for login, parts in binding.frame_parts(instance)
+        )
+    if not pending:
         return 0
-    return len(emit(by_login, using))
+    return len({event.id for event in emit(pending, using)})
