@@ -9,6 +9,8 @@ settings at import time::
     bind / push_saved                model bindings, and saves that bypass signals
     revoke_user / arevoke_user       close a user's sessions everywhere, refuse its tokens
     is_revoked / ais_revoked         whether a token issued at a given time was revoked since
+    presence / apresence             sessions per login right now, over every server process
+    command / CommandError           the host's own client commands, and their error replies
     CloseCode                        the close codes of protocol v1
 """
 
@@ -22,6 +24,8 @@ __version__ = "0.2.0"
 __all__ = [
     "__version__",
     "CloseCode",
+    "CommandError",
+    "command",
     "anotify",
     "apublish_quote",
     "apush",
@@ -34,12 +38,17 @@ __all__ = [
     "revoke_user",
     "ais_revoked",
     "is_revoked",
+    "apresence",
+    "presence",
 ]
 
 if TYPE_CHECKING:
+    from broker_ws.exceptions import CommandError
     from broker_ws.publish.api import anotify, apublish_quote, apush, notify, publish_quote, push
     from broker_ws.publish.bindings import bind, push_saved
     from broker_ws.publish.revocation import ais_revoked, arevoke_user, is_revoked, revoke_user
+    from broker_ws.session.commands import command
+    from broker_ws.session.presence import apresence, presence
     from broker_ws.wire.protocol import CloseCode
 
 _LOCATIONS = {
@@ -52,10 +61,14 @@ _LOCATIONS = {
     "bind": "broker_ws.publish.bindings",
     "push_saved": "broker_ws.publish.bindings",
     "CloseCode": "broker_ws.wire.protocol",
+    "CommandError": "broker_ws.exceptions",
+    "command": "broker_ws.session.commands",
     "revoke_user": "broker_ws.publish.revocation",
     "arevoke_user": "broker_ws.publish.revocation",
     "is_revoked": "broker_ws.publish.revocation",
     "ais_revoked": "broker_ws.publish.revocation",
+    "presence": "broker_ws.session.presence",
+    "apresence": "broker_ws.session.presence",
 }
 
 

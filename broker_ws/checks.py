@@ -5,6 +5,7 @@ IDs: E001 not a dict, E002 unknown key, E003 LOGIN_RESOLVER, E004 SYMBOLS,
 E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
 E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, E011 TRUSTED_PROXIES,
 E012 REDIS_URL set without the redis extra installed, E013 TOKEN_AUTHENTICATOR,
+E014 COMMANDS,
 W001 Redis channel layer without REDIS_URL,
 W002 a server library outside the versions broker_ws was tested with.
 """
@@ -32,6 +33,7 @@ _COUNTS = (
     "MAX_MESSAGES_PER_SECOND",
     "MAX_SESSIONS_PER_LOGIN",
     "HISTORY_SIZE",
+    "MAX_PENDING_COMMANDS",
     "REDIS_MAX_CONNECTIONS",
     "SLOW_CONSUMER_BUFFER",
     "SLOW_CONSUMER_MAX_PENDING",
@@ -40,13 +42,13 @@ _COUNTS = (
     "AUTH_FAILURE_BURST",
     "CONNECT_BURST_PER_ADDRESS",
 )
-_SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL")
+_SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL", "PRESENCE_INTERVAL")
 #: Durations where 0 turns the feature off.
 _SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY", "GC_RECLAIM_INTERVAL")
 #: Rates (per second) where 0 turns the feature off.
 _RATES_OR_OFF = ("CONNECTS_PER_SECOND_PER_ADDRESS",)
 #: Counts where 0 turns the feature off.
-_COUNTS_OR_OFF = ("GC_FREEZE_EVERY",)
+_COUNTS_OR_OFF = ("GC_FREEZE_EVERY", "PRESENCE_METRICS_LOGINS")
 #: Each of those, the types it takes and how the error says what it must be.
 _OR_OFF: tuple[tuple[tuple[str, ...], Any, str], ...] = (
     (_SECONDS_OR_OFF, int | float, "a number of seconds (0 turns it off)"),
@@ -71,6 +73,7 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
         )
     errors += _check_callable("LOGIN_RESOLVER", conf.LOGIN_RESOLVER, "broker_ws.E003")
     errors += _check_callable("TOKEN_AUTHENTICATOR", conf.TOKEN_AUTHENTICATOR, "broker_ws.E013")
+    errors += _check_commands(conf.COMMANDS)
     symbols = conf.SYMBOLS
     if isinstance(symbols, str):
         errors += _check_callable("SYMBOLS", symbols, "broker_ws.E004")
@@ -143,6 +146,21 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
             )
         )
     errors += _check_layer(url)
+    return errors
+
+
+def _check_commands(declared: Any) -> list[CheckMessage]:
+    from broker_ws.session.commands import name_problem
+
+    if not isinstance(declared, dict):
+        return [Error("BROKER_WS['COMMANDS'] must be a dict.", id="broker_ws.E014")]
+    errors: list[CheckMessage] = []
+    for name, handler in declared.items():
+        problem = name_problem(name)
+        if problem:
+            errors.append(Error(f"BROKER_WS['COMMANDS']: {problem}.", id="broker_ws.E014"))
+        else:
+            errors += _check_callable(f"COMMANDS'][{name!r}", handler, "broker_ws.E014")
     return errors
 
 

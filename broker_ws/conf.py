@@ -28,6 +28,12 @@ DEFAULTS: dict[str, Any] = {
     # async): what a token is and whom it speaks for. The default accepts
     # simplejwt access tokens and asks LOGIN_RESOLVER (broker_ws/auth/authenticate.py).
     "TOKEN_AUTHENTICATOR": "broker_ws.auth.simplejwt_authenticator",
+    # The host's own client commands: event name -> handler (a callable or its
+    # dotted path) ``(identity, data) -> reply data`` (broker_ws/session/commands.py).
+    "COMMANDS": {},
+    # Commands of one session being handled at once; one more is answered
+    # ``too_many_pending`` (the session stays open).
+    "MAX_PENDING_COMMANDS": 8,
     # None: any symbol allowed by SYMBOL_MAX_LENGTH. A list/tuple/set: only
     # those. A dotted path to ``callable(symbol) -> bool``: whatever it accepts.
     "SYMBOLS": None,
@@ -96,6 +102,13 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between two reclaims of what died frozen in a reference cycle (one
     # full collection over everything); 0: never.
     "GC_RECLAIM_INTERVAL": 3600.0,
+    # Seconds between two refreshes of a server process's presence record (its
+    # sessions per login, broker_ws/session/presence.py); the record expires after
+    # three of them, so a process that dies without a goodbye drops out.
+    "PRESENCE_INTERVAL": 5.0,
+    # Logins with the most sessions exported one by one in /metrics
+    # (broker_ws_presence_login_sessions{login}); 0: totals only.
+    "PRESENCE_METRICS_LOGINS": 0,
 }
 
 
@@ -123,6 +136,14 @@ class Settings:
     @property
     def TOKEN_AUTHENTICATOR(self) -> Any:
         return self._get("TOKEN_AUTHENTICATOR")
+
+    @property
+    def COMMANDS(self) -> Any:
+        return self._get("COMMANDS")
+
+    @property
+    def MAX_PENDING_COMMANDS(self) -> int:
+        return self._get("MAX_PENDING_COMMANDS")
 
     @property
     def SYMBOLS(self) -> Any:
@@ -223,6 +244,14 @@ class Settings:
     @property
     def GC_RECLAIM_INTERVAL(self) -> float:
         return float(self._get("GC_RECLAIM_INTERVAL"))
+
+    @property
+    def PRESENCE_INTERVAL(self) -> float:
+        return float(self._get("PRESENCE_INTERVAL"))
+
+    @property
+    def PRESENCE_METRICS_LOGINS(self) -> int:
+        return int(self._get("PRESENCE_METRICS_LOGINS"))
 
 
 conf = Settings()

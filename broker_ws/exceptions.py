@@ -55,5 +55,17 @@ class TooManySessions(BrokerWsError):
         self.logins = logins
 
 
+class CommandError(BrokerWsError):
+    """Raised by a host's command handler: the client gets an ``error`` reply with
+    this ``code`` (``[a-z][a-z0-9_]*``, at most 64 characters), ``message`` and any
+    JSON-encodable ``extra`` fields, and its request's ``id``; the session stays open."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
 class ConfigurationError(BrokerWsError):
     """A BROKER_WS setting names something that cannot be used."""

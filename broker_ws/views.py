@@ -17,6 +17,7 @@ from rest_framework_simplejwt.serializers import TokenRefreshSerializer
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.views import TokenRefreshView as BaseTokenRefreshView
 
+from broker_ws import metrics
 from broker_ws.auth.tokens import get_login_resolver
 from broker_ws.outbox.snapshot import account_snapshot, encode_snapshot
 from broker_ws.publish.revocation import is_revoked
@@ -81,12 +82,14 @@ class AccountSnapshotView(ServiceUnavailableOnDatabaseError, APIView):
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """This process's metrics in Prometheus text format.
+    """This process's metrics in Prometheus text format, and the deployment's presence
+    (``broker_ws_presence_*``, read from the bus: the same from every process).
 
     Unprotected by itself: mount it behind whatever guards the host's other
     operational endpoints (the demo allows loopback and staff users).
     """
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    body = generate_latest() + generate_latest(metrics.PRESENCE)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
 class RevocationAwareTokenRefreshSerializer(TokenRefreshSerializer):

@@ -207,6 +207,11 @@ BROKER_WS = {
     # condition above/below, status active -> triggered, triggered_at).
     "PRICE_ALERTS": {"model": "broker.PriceAlert"},
     "LOGIN_RESOLVER": "project.broker.logins.logins_for_user",
+    # The demo's own client commands (docs/protocol.md, Commands).
+    "COMMANDS": {
+        "place_order": "project.broker.commands.place_order",
+        "close_trade": "project.broker.commands.close_trade",
+    },
     "BINDINGS": [
         {
             "model": "broker.Balance",

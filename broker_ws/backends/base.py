@@ -16,7 +16,7 @@ as :mod:`broker_ws.wire.messages` encodes them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 #: Called by a backend for every bus message: ``(channel, payload)``.
 MessageHandler = Callable[[str, str], None]
@@ -46,6 +46,31 @@ class Backend(abc.ABC):
         """Publish ``(channel, payload)`` pairs in order (one round trip where possible)."""
         for channel, payload in messages:
             self.publish(channel, payload)
+
+    # --- presence (broker_ws/session/presence.py) --------------------------
+    @abc.abstractmethod
+    async def aput_presence(
+        self, process: str, counts: Mapping[str, int], gone: Iterable[str] | None, ttl: float
+    ) -> bool:
+        """Record a server process's sessions per login, for ``ttl`` seconds from now.
+
+        ``gone`` None: ``counts`` is the whole record (it replaces what was there).
+        Otherwise ``counts`` are the logins whose count changed and ``gone`` those with
+        no session left; False if the record had expired meanwhile (the caller then
+        sends the whole of it).
+        """
+
+    @abc.abstractmethod
+    async def adrop_presence(self, process: str) -> None:
+        """Delete a server process's record (its last session left, or it is closing)."""
+
+    @abc.abstractmethod
+    def read_presence(self) -> dict[str, dict[str, int]]:
+        """Every live record: process -> login -> sessions. Raises the bus's errors."""
+
+    @abc.abstractmethod
+    async def aread_presence(self) -> dict[str, dict[str, int]]:
+        """Async :meth:`read_presence`."""
 
     # --- server half ----------------------------------------------------
     @abc.abstractmethod

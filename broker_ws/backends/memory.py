@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 
 from broker_ws.backends.base import Backend, MessageHandler, Subscriber
 
@@ -24,6 +25,8 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
         self._last_quotes: dict[str, str] = {}
         self._subscribers: set[MemorySubscriber] = set()
+        #: Presence records of this process's hubs: process -> (deadline, counts).
+        self._presence: dict[str, tuple[float, dict[str, int]]] = {}
 
     def _deliver(self, channel: str, payload: str) -> None:
         # Caller holds the lock.
@@ -45,6 +48,38 @@ class MemoryBackend(Backend):
 
     async def apublish(self, channel: str, payload: str) -> None:
         self.publish(channel, payload)
+
+    async def aput_presence(
+        self, process: str, counts: Mapping[str, int], gone: Iterable[str] | None, ttl: float
+    ) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if gone is None:
+                self._presence[process] = (now + ttl, dict(counts))
+                return True
+            entry = self._presence.get(process)
+            if entry is None or entry[0] < now:
+                return False
+            record = entry[1]
+            record.update(counts)
+            for login in gone:
+                record.pop(login, None)
+            self._presence[process] = (now + ttl, record)
+            return True
+
+    async def adrop_presence(self, process: str) -> None:
+        with self._lock:
+            self._presence.pop(process, None)
+
+    def read_presence(self) -> dict[str, dict[str, int]]:
+        now = time.monotonic()
+        with self._lock:
+            for process in [p for p, (deadline, _) in self._presence.items() if deadline < now]:
+                del self._presence[process]  # its event loop ended without closing the hub
+            return {process: dict(counts) for process, (_, counts) in self._presence.items()}
+
+    async def aread_presence(self) -> dict[str, dict[str, int]]:
+        return self.read_presence()
 
     def connect(self, handler: MessageHandler) -> MemorySubscriber:
         return MemorySubscriber(self, handler, asyncio.get_running_loop())

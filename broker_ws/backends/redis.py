@@ -7,6 +7,10 @@
 * Account frames arrive already numbered and stored by the database
   outbox; Redis only carries them to the server processes, fast. What a
   Redis outage loses, the servers read back from the outbox.
+* Presence: each server process keeps its sessions per login in a hash of its
+  own, ``<prefix>:presence:<process>``, which expires unless the process
+  refreshes it, and names itself in the set ``<prefix>:presence``; readers sum
+  the hashes that still exist and forget the names whose hash has expired.
 
 Connection settings are explicit because redis-py's defaults bite here
 (see docs/deployment.md): commands get a 5 s ``socket_timeout``
@@ -23,7 +27,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -71,6 +75,14 @@ class RedisBackend(Backend):
     # --- keys ------------------------------------------------------------
     def last_key(self) -> str:
         return f"{self.prefix}:last"
+
+    def presence_key(self) -> str:
+        """The set of the server processes that have a presence record."""
+        return f"{self.prefix}:presence"
+
+    def presence_record_key(self, process: str) -> str:
+        """A server process's sessions per login (a hash that expires)."""
+        return f"{self.prefix}:presence:{process}"
 
     # --- clients ---------------------------------------------------------
     @property
@@ -121,6 +133,78 @@ class RedisBackend(Backend):
         for channel, payload in messages:
             pipe.publish(channel, payload)
         pipe.execute()
+
+    # --- presence ----------------------------------------------------------
+    async def aput_presence(
+        self, process: str, counts: Mapping[str, int], gone: Iterable[str] | None, ttl: float
+    ) -> bool:
+        key = self.presence_record_key(process)
+        ttl_ms = max(1, int(ttl * 1000))
+        # MULTI: a reader sees the record before or after, never half rewritten.
+        pipe = self.async_client().pipeline(transaction=True)
+        if gone is None:
+            pipe.delete(key)
+        else:
+            pipe.pexpire(key, ttl_ms)  # 0: the record expired (or Redis restarted)
+        if counts:
+            pipe.hset(key, mapping=dict[Any, Any](counts))
+        if gone:
+            pipe.hdel(key, *gone)
+        pipe.pexpire(key, ttl_ms)
+        pipe.sadd(self.presence_key(), process)
+        # The set outlives every record written with the same ttl, and vanishes
+        # once no process refreshes it.
+        pipe.pexpire(self.presence_key(), ttl_ms)
+        results = await pipe.execute()
+        return gone is None or bool(results[0])
+
+    async def adrop_presence(self, process: str) -> None:
+        pipe = self.async_client().pipeline(transaction=True)
+        pipe.delete(self.presence_record_key(process))
+        pipe.srem(self.presence_key(), process)
+        await pipe.execute()
+
+    def _decode_presence(
+        self, processes: list[str], records: list[dict[bytes, bytes]]
+    ) -> tuple[dict[str, dict[str, int]], list[str]]:
+        live: dict[str, dict[str, int]] = {}
+        expired = []
+        for process, record in zip(processes, records, strict=True):
+            if record:
+                live[process] = {k.decode(): int(v) for k, v in record.items()}
+            else:
+                expired.append(process)
+        return live, expired
+
+    def read_presence(self) -> dict[str, dict[str, int]]:
+        client = self.sync_client
+        members: Iterable[bytes] = client.smembers(self.presence_key())  # type: ignore[assignment]
+        processes = sorted(member.decode() for member in members)
+        if not processes:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for process in processes:
+            pipe.hgetall(self.presence_record_key(process))
+        live, expired = self._decode_presence(processes, pipe.execute())
+        if expired:
+            # A process whose record expired died without a goodbye. Should it be
+            # alive after all (stalled past the ttl), its next refresh adds it back.
+            client.srem(self.presence_key(), *expired)
+        return live
+
+    async def aread_presence(self) -> dict[str, dict[str, int]]:
+        client = self.async_client()
+        members: Iterable[bytes] = await client.smembers(self.presence_key())  # type: ignore[assignment]
+        processes = sorted(member.decode() for member in members)
+        if not processes:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for process in processes:
+            pipe.hgetall(self.presence_record_key(process))
+        live, expired = self._decode_presence(processes, await pipe.execute())
+        if expired:
+            await client.srem(self.presence_key(), *expired)
+        return live
 
     def connect(self, handler: MessageHandler) -> RedisSubscriber:
         return RedisSubscriber(self, handler)

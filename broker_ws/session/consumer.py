@@ -43,6 +43,7 @@ from broker_ws.conf import conf
 from broker_ws.exceptions import AuthenticationError, ProtocolError, TooManySessions, Unavailable
 from broker_ws.outbox.resume import missed_frames
 from broker_ws.servers import Transport, transport_for
+from broker_ws.session import commands
 from broker_ws.session.collector import get_collector
 from broker_ws.session.drain import get_drain
 from broker_ws.session.hub import Hub, get_hub
@@ -87,6 +88,7 @@ class StreamConsumer(AsyncConsumer):
         self._held = False  # over the unauthenticated cap: held, then closed with 4006
         #: Tasks of this session (closes), referenced until done.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending_commands = 0  # the host's commands being handled
         try:
             while True:
                 message = await receive()
@@ -272,6 +274,8 @@ class StreamConsumer(AsyncConsumer):
             command = protocol.parse(text)
             if isinstance(command, protocol.Authorize):
                 await self._authorize(command)
+            elif isinstance(command, protocol.Request):
+                await self._request(command)
             elif self.identity is None:
                 raise ProtocolError(
                     ErrorCode.NOT_AUTHORIZED, "send the authorization message first"
@@ -293,6 +297,39 @@ class StreamConsumer(AsyncConsumer):
             # A bug of ours must not cost the client its session (nor a 1011).
             logger.exception("broker_ws: failed to handle a client message")
             await self._error(ErrorCode.INTERNAL_ERROR, "the server could not handle this message")
+
+    async def _request(self, request: protocol.Request) -> None:
+        """A command of the host's: answered by its handler, in a task of its own so
+        that pings and other messages are read meanwhile (at most
+        ``MAX_PENDING_COMMANDS`` at once)."""
+        if commands.handler_for(request.event) is None:
+            await self.push(commands.reply_error(request, ErrorCode.UNKNOWN_EVENT, "unknown event"))
+        elif self.identity is None:
+            await self.push(
+                commands.reply_error(
+                    request, ErrorCode.NOT_AUTHORIZED, "send the authorization message first"
+                )
+            )
+        elif self._pending_commands >= conf.MAX_PENDING_COMMANDS:
+            limit = conf.MAX_PENDING_COMMANDS
+            await self.push(
+                commands.reply_error(
+                    request,
+                    ErrorCode.TOO_MANY_PENDING,
+                    f"at most {limit} commands of a session are handled at once",
+                )
+            )
+        else:
+            self._pending_commands += 1
+            self._spawn(self._answer(request, self.identity))
+
+    async def _answer(self, request: protocol.Request, identity: Identity) -> None:
+        try:
+            answer = await commands.answer(request, identity)
+        finally:
+            self._pending_commands -= 1
+        if not self.closed:
+            await self.push(answer)
 
     async def _authorize(self, command: protocol.Authorize) -> None:
         first = self.identity is None

@@ -18,6 +18,9 @@ each message to the part that owns it:
 * broadcasts (de-duplicated: the bus and the poll both bring them) and
   revocations to the sessions the hub keeps itself.
 
+:class:`~broker_ws.session.presence.PresenceReporter` keeps the hub's
+sessions per login on the bus, for :func:`broker_ws.presence`.
+
 :class:`~broker_ws.session.outbox_follower.OutboxFollower` turns each poll of
 the outbox (:mod:`broker_ws.outbox.poller`) into typed messages for the pump:
 frames saved by another process without Redis, or published while Redis was
@@ -39,6 +42,7 @@ from broker_ws.outbox import poller
 from broker_ws.publish import broadcasts
 from broker_ws.session.logins import LoginStreams
 from broker_ws.session.outbox_follower import OutboxFollower
+from broker_ws.session.presence import PresenceReporter
 from broker_ws.session.quotes import QuoteFanout
 from broker_ws.session.sessions import Session, guarded
 from broker_ws.wire import channel_names
@@ -85,6 +89,7 @@ class Hub:
             wants_user=lambda user_id: user_id in self.users,
             emit=self._take_messages,
         )
+        self.presence = PresenceReporter(backend, self._session_counts)
         self._broadcasts_seen: set[int] = set()
         self._broadcasts_order: deque[int] = deque()
         #: What the bus brought, ``(channel, payload)``, and what the outbox poll
@@ -118,7 +123,11 @@ class Hub:
         await self.subscriber.start()
         await self.subscriber.subscribe([self.everyone_channel, self.revocations_channel])
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._pump()), loop.create_task(self.outbox.run())]
+        self._tasks = [
+            loop.create_task(self._pump()),
+            loop.create_task(self.outbox.run()),
+            loop.create_task(self.presence.run()),
+        ]
         self._poller = poller.OutboxPoller(
             loop, lambda: self.outbox.tails, lambda: bool(self.users), self.outbox.on_tails
         )
@@ -138,6 +147,8 @@ class Hub:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=1.0)
+        if self._started:
+            await self.presence.close()
         await self.subscriber.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -269,6 +280,7 @@ class Hub:
         seqs = self.logins.join(session, states)
         self.users.setdefault(user_id, set()).add(session)
         self.everyone.add(session)
+        self.presence.changed()
         return seqs
 
     def remove_session(
@@ -286,6 +298,11 @@ class Hub:
             if not self.users[user_id]:
                 del self.users[user_id]
         self.logins.remove(session, logins)
+        self.presence.changed()
+
+    def _session_counts(self) -> dict[str, int]:
+        """Authorized sessions per login here (for presence)."""
+        return {s.login: len(s.sessions) for s in self.logins.states.values() if s.sessions}
 
     # --- bus subscriptions ------------------------------------------------------
     def _unsubscribe_soon(self, channels: list[str]) -> None:

@@ -70,6 +70,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     REVOKED = "revoked"
     UNAVAILABLE = "unavailable"
+    TOO_MANY_PENDING = "too_many_pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,26 @@ class Unsubscribe:
     symbols: tuple[str, ...]
 
 
-Command = Authorize | Subscribe | Unsubscribe
+@dataclass(frozen=True, slots=True)
+class Request:
+    """``{"event": "<name>", "id": <id>, "data": <any JSON>}``: any other event, for
+    one of the host's commands (:mod:`broker_ws.session.commands`).
+
+    ``id`` is optional, a string of at most :data:`MAX_ID_LENGTH` characters or
+    an integer; the reply repeats it. ``data`` is None when absent.
+    """
+
+    event: str
+    data: Any = None
+    id: str | int | None = None
+
+
+#: Longest request ``id`` string (and event name) accepted.
+MAX_ID_LENGTH = 64
+#: Integers a JSON client can hold exactly (JavaScript's safe range).
+_SAFE_INTEGER = 2**53 - 1
+
+Command = Authorize | Subscribe | Unsubscribe | Request
 
 
 def parse(text: str) -> Command:
@@ -121,7 +141,21 @@ def parse(text: str) -> Command:
         return Subscribe(symbols) if event == "subscribe" else Unsubscribe(symbols)
     if not isinstance(event, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message needs an 'event' or 'authorization'")
-    raise ProtocolError(ErrorCode.UNKNOWN_EVENT, "unknown event", event=event[:64])
+    # Whether the host has a command of that name is the session's to say.
+    return Request(event, message.get("data"), _request_id(message.get("id")))
+
+
+def _request_id(value: Any) -> str | int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= MAX_ID_LENGTH:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _SAFE_INTEGER:
+        return value
+    raise ProtocolError(
+        ErrorCode.BAD_MESSAGE,
+        f"id must be a string of at most {MAX_ID_LENGTH} characters or an integer",
+    )
 
 
 def _resume(value: Any) -> dict[str, int] | None:

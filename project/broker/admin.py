@@ -1,8 +1,29 @@
-"""Admin for the demo broker: editing rows here is the easiest way to see broker_ws push."""
+"""Admin for the demo broker: editing rows here is the easiest way to see broker_ws push.
+
+The user and account admins carry broker_ws's operator actions (revoke stream access,
+send a notification); broker_ws's own read-only pages and presence come with the app.
+"""
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+
+from broker_ws.admin_actions import (
+    revoke_stream_access,
+    revoke_stream_access_action,
+    send_notification,
+    send_notification_action,
+)
 
 from .models import Account, Balance, PriceAlert, Trade
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class StreamUserAdmin(UserAdmin):
+    actions = [revoke_stream_access, send_notification]
 
 
 class BalanceInline(admin.StackedInline):
@@ -18,6 +39,13 @@ class AccountAdmin(admin.ModelAdmin):
     search_fields = ["login", "name", "user__username"]
     list_select_related = ["user"]
     inlines = [BalanceInline]
+    actions = [
+        revoke_stream_access_action(
+            user_of=lambda account: account.user_id,
+            description="Revoke the stream access of the accounts' users",
+        ),
+        send_notification_action(login_of=lambda account: account.login),
+    ]
 
 
 @admin.register(Balance)

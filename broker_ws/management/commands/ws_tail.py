@@ -2,7 +2,8 @@
 
 It authenticates with ``--token``, or mints an access token for ``--user``
 locally with simplejwt (an operator with shell access already holds the
-signing key), subscribes to ``--symbols`` and prints frames as they arrive.
+signing key), subscribes to ``--symbols``, sends each ``--send`` message (a
+host's command, for example) once authorized, and prints frames as they arrive.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ class Command(BaseCommand):
         who.add_argument("--token", help="a JWT access token")
         who.add_argument("--user", help="mint an access token for this username")
         parser.add_argument("--symbols", default="", help="comma-separated symbols to subscribe")
+        parser.add_argument(
+            "--send",
+            action="append",
+            default=[],
+            metavar="JSON",
+            help='a message to send once authorized (repeatable), e.g. \'{"event": "place_order", '
+            '"id": 1, "data": {...}}\'',
+        )
         parser.add_argument("--count", type=int, default=0, help="exit after N frames (0: never)")
         parser.add_argument(
             "--timeout", type=float, default=0, help="exit after S seconds (0: never)"
@@ -33,9 +42,22 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         token = options["token"] or self._mint(options["user"])
         symbols = [s for s in options["symbols"].split(",") if s]
+        messages = []
+        for text in options["send"]:
+            try:
+                messages.append(json.loads(text))
+            except ValueError as exc:
+                raise CommandError(f"--send {text!r} is not JSON: {exc}") from exc
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
-                self._tail(options["url"], token, symbols, options["count"], options["timeout"])
+                self._tail(
+                    options["url"],
+                    token,
+                    symbols,
+                    messages,
+                    options["count"],
+                    options["timeout"],
+                )
             )
 
     def _mint(self, username: str) -> str:
@@ -48,7 +70,13 @@ class Command(BaseCommand):
         return str(AccessToken.for_user(user))
 
     async def _tail(
-        self, url: str, token: str, symbols: list[str], count: int, timeout: float
+        self,
+        url: str,
+        token: str,
+        symbols: list[str],
+        messages: list[Any],
+        count: int,
+        timeout: float,
     ) -> None:
         import websockets
 
@@ -56,6 +84,8 @@ class Command(BaseCommand):
             await ws.send(json.dumps({"authorization": token}))
             if symbols:
                 await ws.send(json.dumps({"event": "subscribe", "data": symbols}))
+            for message in messages:  # read in order after the authorization
+                await ws.send(json.dumps(message))
             seen = 0
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout else None
