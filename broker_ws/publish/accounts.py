@@ -127,8 +127,10 @@ def emit(pending: Sequence[Pending], using: str | None = None) -> list[store.Eve
 
 def _rows_of(connection: Any) -> dict[Hashable, tuple[_CommitBatch, int]]:
     rows = _framed_rows.setdefault(connection, {})
-    if rows and not _hooks(connection):
-        rows.clear()  # nothing pending: what is kept belongs to a rolled-back transaction
+    if rows and not getattr(connection, "run_on_commit", None):
+        # Nothing pending: what is kept belongs to a rolled-back transaction. (A
+        # truthiness test, not _hooks(): this runs on every save in a transaction.)
+        rows.clear()
     return rows
 
 

@@ -115,11 +115,9 @@ def handler_for(name: str) -> Handler | None:
     return target if callable(target) else None
 
 
-async def answer(request: Request, identity: Identity) -> str:
-    """Run the handler of ``request`` and return the reply frame, whatever happens."""
-    handler = handler_for(request.event)
-    if handler is None:
-        return reply_error(request, ErrorCode.UNKNOWN_EVENT, "unknown event")
+async def answer(request: Request, identity: Identity, handler: Handler) -> str:
+    """Run ``handler`` (:func:`handler_for` the request's event) on ``request`` and
+    return the reply frame, whatever happens."""
     try:
         if inspect.iscoroutinefunction(handler):
             result = await handler(identity, request.data)

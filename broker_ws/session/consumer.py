@@ -302,7 +302,8 @@ class StreamConsumer(AsyncConsumer):
         """A command of the host's: answered by its handler, in a task of its own so
         that pings and other messages are read meanwhile (at most
         ``MAX_PENDING_COMMANDS`` at once)."""
-        if commands.handler_for(request.event) is None:
+        handler = commands.handler_for(request.event)
+        if handler is None:
             await self.push(commands.reply_error(request, ErrorCode.UNKNOWN_EVENT, "unknown event"))
         elif self.identity is None:
             await self.push(
@@ -321,11 +322,13 @@ class StreamConsumer(AsyncConsumer):
             )
         else:
             self._pending_commands += 1
-            self._spawn(self._answer(request, self.identity))
+            self._spawn(self._answer(request, self.identity, handler))
 
-    async def _answer(self, request: protocol.Request, identity: Identity) -> None:
+    async def _answer(
+        self, request: protocol.Request, identity: Identity, handler: commands.Handler
+    ) -> None:
         try:
-            answer = await commands.answer(request, identity)
+            answer = await commands.answer(request, identity, handler)
         finally:
             self._pending_commands -= 1
         if not self.closed:
