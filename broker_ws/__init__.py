@@ -4,6 +4,8 @@ The public API, importable from here without touching the database or the
 settings at import time::
 
     publish_quote / apublish_quote   one quote to every subscriber of a symbol
+    publish_status / apublish_status an instrument status (open, halted, ...) likewise
+    publish_state / apublish_state   a login's live state (equity...), never stored
     push / apush                     an account frame to every session of a login
     notify / anotify                 a notification to one login or to everyone
     bind / push_saved                model bindings, and saves that bypass signals
@@ -28,10 +30,14 @@ __all__ = [
     "command",
     "anotify",
     "apublish_quote",
+    "apublish_status",
     "apush",
     "bind",
     "notify",
     "publish_quote",
+    "publish_status",
+    "apublish_state",
+    "publish_state",
     "push",
     "push_saved",
     "arevoke_user",
@@ -44,9 +50,19 @@ __all__ = [
 
 if TYPE_CHECKING:
     from broker_ws.exceptions import CommandError
-    from broker_ws.publish.api import anotify, apublish_quote, apush, notify, publish_quote, push
+    from broker_ws.publish.api import (
+        anotify,
+        apublish_quote,
+        apublish_status,
+        apush,
+        notify,
+        publish_quote,
+        publish_status,
+        push,
+    )
     from broker_ws.publish.bindings import bind, push_saved
     from broker_ws.publish.revocation import ais_revoked, arevoke_user, is_revoked, revoke_user
+    from broker_ws.publish.state import apublish_state, publish_state
     from broker_ws.session.commands import command
     from broker_ws.session.presence import apresence, presence
     from broker_ws.wire.protocol import CloseCode
@@ -54,6 +70,10 @@ if TYPE_CHECKING:
 _LOCATIONS = {
     "publish_quote": "broker_ws.publish.api",
     "apublish_quote": "broker_ws.publish.api",
+    "publish_status": "broker_ws.publish.api",
+    "apublish_status": "broker_ws.publish.api",
+    "publish_state": "broker_ws.publish.state",
+    "apublish_state": "broker_ws.publish.state",
     "push": "broker_ws.publish.api",
     "apush": "broker_ws.publish.api",
     "notify": "broker_ws.publish.api",

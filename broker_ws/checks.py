@@ -6,6 +6,8 @@ E005 numbers, E006 KEY_PREFIX, E007 BINDINGS, E008 REDIS_URL,
 E009 ALLOWED_ORIGINS, E010 PRICE_ALERTS, E011 TRUSTED_PROXIES,
 E012 REDIS_URL set without the redis extra installed, E013 TOKEN_AUTHENTICATOR,
 E014 COMMANDS,
+E015 INSTRUMENT_STATUSES, E016 SYMBOL_ENTITLEMENTS,
+E017 STATE_MARKERS / STATE_MAX_RATE,
 W001 Redis channel layer without REDIS_URL,
 W002 a server library outside the versions broker_ws was tested with.
 """
@@ -44,7 +46,12 @@ _COUNTS = (
 )
 _SECONDS = ("AUTH_TIMEOUT", "OUTBOX_POLL_INTERVAL", "PRESENCE_INTERVAL")
 #: Durations where 0 turns the feature off.
-_SECONDS_OR_OFF = ("DRAIN_WINDOW", "AUTH_FAILURE_MAX_DELAY", "GC_RECLAIM_INTERVAL")
+_SECONDS_OR_OFF = (
+    "DRAIN_WINDOW",
+    "AUTH_FAILURE_MAX_DELAY",
+    "GC_RECLAIM_INTERVAL",
+    "HEARTBEAT_INTERVAL",
+)
 #: Rates (per second) where 0 turns the feature off.
 _RATES_OR_OFF = ("CONNECTS_PER_SECOND_PER_ADDRESS",)
 #: Counts where 0 turns the feature off.
@@ -74,6 +81,9 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
     errors += _check_callable("LOGIN_RESOLVER", conf.LOGIN_RESOLVER, "broker_ws.E003")
     errors += _check_callable("TOKEN_AUTHENTICATOR", conf.TOKEN_AUTHENTICATOR, "broker_ws.E013")
     errors += _check_commands(conf.COMMANDS)
+    errors += _check_statuses(conf.INSTRUMENT_STATUSES)
+    if conf.SYMBOL_ENTITLEMENTS is not None:
+        errors += _check_callable("SYMBOL_ENTITLEMENTS", conf.SYMBOL_ENTITLEMENTS, "broker_ws.E016")
     symbols = conf.SYMBOLS
     if isinstance(symbols, str):
         errors += _check_callable("SYMBOLS", symbols, "broker_ws.E004")
@@ -127,6 +137,7 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
     errors += _check_proxies(user.get("TRUSTED_PROXIES", DEFAULTS["TRUSTED_PROXIES"]))
     errors += _check_bindings(conf.BINDINGS)
     errors += _check_alerts(conf.PRICE_ALERTS)
+    errors += _check_states(user)
     url = conf.REDIS_URL
     if url is not None and (
         not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))
@@ -162,6 +173,26 @@ def _check_commands(declared: Any) -> list[CheckMessage]:
         else:
             errors += _check_callable(f"COMMANDS'][{name!r}", handler, "broker_ws.E014")
     return errors
+
+
+def _check_statuses(declared: Any) -> list[CheckMessage]:
+    """INSTRUMENT_STATUSES: a list of short lower-case names (E015)."""
+    from broker_ws.publish.statuses import name_problem
+
+    if not isinstance(declared, list | tuple | set | frozenset):
+        return [
+            Error(
+                "BROKER_WS['INSTRUMENT_STATUSES'] must be a list of status names.",
+                hint='For example ["auction", "pre_market"]; a bare string would be read one '
+                "character at a time.",
+                id="broker_ws.E015",
+            )
+        ]
+    return [
+        Error(f"BROKER_WS['INSTRUMENT_STATUSES']: {problem}.", id="broker_ws.E015")
+        for name in declared
+        if (problem := name_problem(name))
+    ]
 
 
 def _check_callable(name: str, value: Any, check_id: str) -> list[CheckMessage]:
@@ -241,6 +272,59 @@ def _check_alerts(value: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_states(user: dict[str, Any]) -> list[CheckMessage]:
+    """STATE_MARKERS: marker -> field names, markers free of every other frame's
+    (the reserved ones, and the deployment's BINDINGS markers); STATE_MAX_RATE: a
+    number >= 0 (E017)."""
+    from broker_ws.publish.state import marker_problem
+
+    errors: list[CheckMessage] = []
+    rate = user.get("STATE_MAX_RATE", DEFAULTS["STATE_MAX_RATE"])
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate < 0:
+        errors.append(
+            Error(
+                "BROKER_WS['STATE_MAX_RATE'] must be a number per second (0: uncapped).",
+                id="broker_ws.E017",
+            )
+        )
+    declared = user.get("STATE_MARKERS", DEFAULTS["STATE_MARKERS"])
+    if not isinstance(declared, dict):
+        return [
+            *errors,
+            Error(
+                "BROKER_WS['STATE_MARKERS'] must be a dict: marker -> list of field names.",
+                hint='For example {"e": ["equity", "margin", "free_margin"]}.',
+                id="broker_ws.E017",
+            ),
+        ]
+    bindings = user.get("BINDINGS", [])
+    bound = {
+        entry.get("marker")
+        for entry in (bindings if isinstance(bindings, list | tuple) else [])
+        if isinstance(entry, dict)
+    }
+    for marker, names in declared.items():
+        where = f"BROKER_WS['STATE_MARKERS'][{marker!r}]"
+        problem = marker_problem(marker)
+        if problem is None and marker in bound:
+            problem = f"state marker {marker!r} is a BINDINGS marker"
+        if problem:
+            errors.append(Error(f"BROKER_WS['STATE_MARKERS']: {problem}.", id="broker_ws.E017"))
+        if (
+            not isinstance(names, list | tuple)
+            or not names
+            or not all(isinstance(name, str) and name for name in names)
+            or len(set(names)) != len(names)
+        ):
+            errors.append(
+                Error(
+                    f"{where} must be a non-empty list of distinct field names.",
+                    id="broker_ws.E017",
+                )
+            )
+    return errors
 
 
 def _accessor_problem(model: Any, accessor: Any) -> str | None:

@@ -38,6 +38,13 @@ DEFAULTS: dict[str, Any] = {
     # those. A dotted path to ``callable(symbol) -> bool``: whatever it accepts.
     "SYMBOLS": None,
     "SYMBOL_MAX_LENGTH": 256,
+    # None: no per-user check. A callable, or its dotted path, ``(identity, symbols:
+    # list[str]) -> iterable of the allowed ones`` (sync: run in the database
+    # thread; or async), asked about the symbols a subscribe adds (after SYMBOLS).
+    "SYMBOL_ENTITLEMENTS": None,
+    # Instrument statuses of the host's own besides open, closed, halted and
+    # close_only (broker_ws/publish/statuses.py): short lower-case names.
+    "INSTRUMENT_STATUSES": [],
     # Seconds an unauthenticated socket may stay open.
     "AUTH_TIMEOUT": 10.0,
     # Largest client text frame handled, in UTF-8 bytes; larger ones get an
@@ -106,9 +113,19 @@ DEFAULTS: dict[str, Any] = {
     # sessions per login, broker_ws/session/presence.py); the record expires after
     # three of them, so a process that dies without a goodbye drops out.
     "PRESENCE_INTERVAL": 5.0,
+    # Seconds without any frame after which an authorized session is sent a heartbeat
+    # ["h", ts_ms, {login: seq}] (broker_ws/session/heartbeat.py); 0: none.
+    "HEARTBEAT_INTERVAL": 15.0,
     # Logins with the most sessions exported one by one in /metrics
     # (broker_ws_presence_login_sessions{login}); 0: totals only.
     "PRESENCE_METRICS_LOGINS": 0,
+    # Live account state (broker_ws/publish/state.py): marker -> the names of the
+    # fields publish_state() sends, e.g. {"e": ["equity", "margin", "free_margin",
+    # "margin_level", "floating_pl"]}. State frames carry no seq and are never stored.
+    "STATE_MARKERS": {},
+    # State frames per second each session gets at most of one login and marker
+    # (the latest one, trailing); 0: every one (still conflated for a slow session).
+    "STATE_MAX_RATE": 4.0,
 }
 
 
@@ -152,6 +169,14 @@ class Settings:
     @property
     def SYMBOL_MAX_LENGTH(self) -> int:
         return self._get("SYMBOL_MAX_LENGTH")
+
+    @property
+    def SYMBOL_ENTITLEMENTS(self) -> Any:
+        return self._get("SYMBOL_ENTITLEMENTS")
+
+    @property
+    def INSTRUMENT_STATUSES(self) -> list[str]:
+        return self._get("INSTRUMENT_STATUSES")
 
     @property
     def AUTH_TIMEOUT(self) -> float:
@@ -250,8 +275,20 @@ class Settings:
         return float(self._get("PRESENCE_INTERVAL"))
 
     @property
+    def HEARTBEAT_INTERVAL(self) -> float:
+        return float(self._get("HEARTBEAT_INTERVAL"))
+
+    @property
     def PRESENCE_METRICS_LOGINS(self) -> int:
         return int(self._get("PRESENCE_METRICS_LOGINS"))
+
+    @property
+    def STATE_MARKERS(self) -> dict[str, list[str]]:
+        return self._get("STATE_MARKERS")
+
+    @property
+    def STATE_MAX_RATE(self) -> float:
+        return float(self._get("STATE_MAX_RATE"))
 
 
 conf = Settings()

@@ -10,18 +10,31 @@ table. A rolled-back save leaves no row, and a committed one is never lost.
 
 from __future__ import annotations
 
+import secrets
+
 from django.db import models
 
 
+def new_epoch() -> str:
+    """A fresh epoch: 16 random hex characters, unique in practice."""
+    return secrets.token_hex(8)
+
+
 class LoginSequence(models.Model):
-    """The last sequence number given to a login.
+    """The last sequence number given to a login, and the epoch of that numbering.
 
     Incremented in the saving transaction: the row lock it takes orders
     concurrent transactions of one login, so seq order is commit order.
+
+    ``epoch`` names the numbering: seqs of one epoch are comparable, seqs of
+    two epochs are not. A row created again (the login's row was deleted) gets
+    a new one; after a database restore, ``manage.py ws_new_epoch`` gives every
+    login a new one, so that clients holding seqs of the lost timeline resync.
     """
 
     login = models.CharField(max_length=191, primary_key=True)
     seq = models.BigIntegerField(default=0)
+    epoch = models.CharField(max_length=32, default=new_epoch)
 
     class Meta:
         verbose_name = "login sequence"

@@ -61,8 +61,12 @@ class StreamClient:
         app: Any = None,
         path: str = "/",
         headers: Iterable[tuple[bytes, bytes]] | None = None,
+        subprotocols: Iterable[str] | None = None,
     ) -> None:
         self.url = url
+        self._subprotocols = list(subprotocols) if subprotocols is not None else None
+        #: The subprotocol the server chose (None: none), once connected.
+        self.subprotocol: str | None = None
         #: The in-process communicator (None for a URL): for tests that need ASGI
         #: messages themselves (``ws.send_input``, ``ws.receive_output``).
         self.ws: Any = None
@@ -73,19 +77,33 @@ class StreamClient:
             from broker_ws.session.consumer import StreamConsumer
 
             application = app if app is not None else StreamConsumer.as_asgi()
-            self.ws = WebsocketCommunicator(application, path, headers=list(headers or []))
+            self.ws = WebsocketCommunicator(
+                application, path, headers=list(headers or []), subprotocols=self._subprotocols
+            )
 
     # --- connection -----------------------------------------------------------
     async def connect(self, timeout: float = TIMEOUT) -> None:
         """Open the WebSocket; fails if the server refuses it."""
         if self.ws is not None:
-            connected, _ = await self.ws.connect(timeout=timeout)
+            connected, chosen = await self.ws.connect(timeout=timeout)
             assert connected, "the server refused the WebSocket"
+            self.subprotocol = chosen if isinstance(chosen, str) else None
             return
         import websockets
+        from websockets.typing import Subprotocol
 
         assert self.url is not None
-        self._socket = await asyncio.wait_for(websockets.connect(self.url, max_size=None), timeout)
+        self._socket = await asyncio.wait_for(
+            websockets.connect(
+                self.url,
+                max_size=None,
+                subprotocols=[Subprotocol(p) for p in self._subprotocols]
+                if self._subprotocols is not None
+                else None,
+            ),
+            timeout,
+        )
+        self.subprotocol = self._socket.subprotocol
 
     async def close(self) -> None:
         """Close the WebSocket from the client's side (nothing if already closed)."""
@@ -197,12 +215,19 @@ class StreamClient:
 
     # --- protocol v1 ----------------------------------------------------------------
     async def authorize(
-        self, token: str, resume: dict[str, int] | None = None, timeout: float = TIMEOUT
+        self,
+        token: str,
+        resume: dict[str, int] | None = None,
+        timeout: float = TIMEOUT,
+        epochs: dict[str, str] | None = None,
     ) -> Any:
-        """Send the token (with ``resume``, if given); return ``authorized.data``."""
+        """Send the token (with ``resume`` and ``epochs``, if given); return
+        ``authorized.data``."""
         message: dict[str, Any] = {"authorization": token}
         if resume is not None:
             message["resume"] = resume
+        if epochs is not None:
+            message["epochs"] = epochs
         await self.send(message)
         reply = await self.recv(timeout)
         assert isinstance(reply, dict) and reply.get("event") == "authorized", reply

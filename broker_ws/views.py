@@ -19,7 +19,7 @@ from rest_framework_simplejwt.views import TokenRefreshView as BaseTokenRefreshV
 
 from broker_ws import metrics
 from broker_ws.auth.tokens import get_login_resolver
-from broker_ws.outbox.snapshot import account_snapshot, encode_snapshot
+from broker_ws.outbox.snapshot import account_snapshot, encode_snapshot, last_states
 from broker_ws.publish.revocation import is_revoked
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class ServiceUnavailableOnDatabaseError:
 
 
 class AccountSnapshotView(ServiceUnavailableOnDatabaseError, APIView):
-    """``GET``: the caller's current balances, open trades and active alerts as stream frames.
+    """``GET``: the caller's current balances, open trades and active alerts as stream
+    frames, and the last live state of each login (``"state"``, docs/protocol.md).
 
     Authenticated like the host's other API views (a simplejwt access token
     in the demo). ``?login=1001`` narrows it to one of the caller's logins;
@@ -78,7 +79,8 @@ class AccountSnapshotView(ServiceUnavailableOnDatabaseError, APIView):
                 )
             logins = [wanted]
         seqs, frames = account_snapshot(logins)
-        return HttpResponse(encode_snapshot(seqs, frames), content_type="application/json")
+        body = encode_snapshot(seqs, frames, last_states(logins))
+        return HttpResponse(body, content_type="application/json")
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -212,6 +212,9 @@ BROKER_WS = {
         "place_order": "project.broker.commands.place_order",
         "close_trade": "project.broker.commands.close_trade",
     },
+    # Live account state, never saved: the demo's feed publishes it for accounts
+    # with open trades on every quote of their symbols (project/broker/equity.py).
+    "STATE_MARKERS": {"e": ["equity", "margin", "free_margin", "margin_level", "floating_pl"]},
     "BINDINGS": [
         {
             "model": "broker.Balance",

@@ -171,9 +171,17 @@ def test_control_reply_is_an_object():
 
 
 def test_authorized_reply_layout():
-    """The authorized reply carries user, logins, expires (ms) and seq per login."""
+    """The authorized reply carries user, logins, expires (ms), seq and epoch per
+    login, and the protocol revision."""
     reply = orjson.loads(
-        frames.authorized("alice", ("1001", "1002"), 1700000900000, {"1001": 4, "1002": 0})
+        frames.authorized(
+            "alice",
+            ("1001", "1002"),
+            1700000900000,
+            {"1001": 4, "1002": 0},
+            {"1001": "9f2c4e1a0b3d5f67", "1002": ""},
+            "1.1",
+        )
     )
     assert reply == {
         "event": "authorized",
@@ -182,8 +190,19 @@ def test_authorized_reply_layout():
             "logins": ["1001", "1002"],
             "expires": 1700000900000,
             "seq": {"1001": 4, "1002": 0},
+            "epoch": {"1001": "9f2c4e1a0b3d5f67", "1002": ""},
+            "protocol": "1.1",
         },
     }
+
+
+def test_heartbeat_layout():
+    """``["h", ts_ms, {login: seq}]``."""
+    assert orjson.loads(frames.heartbeat(1700000900000, {"1001": 4})) == [
+        "h",
+        1700000900000,
+        {"1001": 4},
+    ]
 
 
 def test_account_parts_says_who_numbers_account_frames():

@@ -5,7 +5,7 @@ Two halves:
 * the publisher half (sync and async), callable from any process that
   publishes: a feed, a view, a task, a shell;
 * the server half, used by the :class:`~broker_ws.session.hub.Hub` of a server
-  process: subscribe to bus channels and read last quotes.
+  process: subscribe to bus channels and read last quotes and statuses.
 
 Account frames are numbered and stored by the database outbox
 (:mod:`broker_ws.outbox.store`) before they reach a backend; the bus only carries
@@ -35,6 +35,15 @@ class Backend(abc.ABC):
         """Async :meth:`publish_quote`."""
 
     @abc.abstractmethod
+    def publish_status(self, channel: str, symbol: str, frame: str) -> None:
+        """Remember ``frame`` as ``symbol``'s last instrument status and publish it
+        on the symbol's quote ``channel`` (so it keeps its order with the quotes)."""
+
+    @abc.abstractmethod
+    async def apublish_status(self, channel: str, symbol: str, frame: str) -> None:
+        """Async :meth:`publish_status`."""
+
+    @abc.abstractmethod
     def publish(self, channel: str, payload: str) -> None:
         """Publish a payload that has no state here (account frames, broadcasts)."""
 
@@ -46,6 +55,23 @@ class Backend(abc.ABC):
         """Publish ``(channel, payload)`` pairs in order (one round trip where possible)."""
         for channel, payload in messages:
             self.publish(channel, payload)
+
+    # --- live account state (broker_ws/publish/state.py) --------------------
+    @abc.abstractmethod
+    def publish_state(self, channel: str, login: str, marker: str, frame: str) -> None:
+        """Remember ``frame`` as ``login``'s last state of ``marker`` and publish it
+        on the login's ``channel`` (the payload is the frame itself)."""
+
+    @abc.abstractmethod
+    async def apublish_state(self, channel: str, login: str, marker: str, frame: str) -> None:
+        """Async :meth:`publish_state`."""
+
+    @abc.abstractmethod
+    def read_states(
+        self, logins: Sequence[str], markers: Sequence[str]
+    ) -> dict[tuple[str, str], str]:
+        """The last state frame of each ``(login, marker)`` that has one. Raises the
+        bus's errors."""
 
     # --- presence (broker_ws/session/presence.py) --------------------------
     @abc.abstractmethod
@@ -104,3 +130,7 @@ class Subscriber(abc.ABC):
     @abc.abstractmethod
     async def last_quotes(self, symbols: Sequence[str]) -> dict[str, str]:
         """Last quote frame of each symbol that has one."""
+
+    @abc.abstractmethod
+    async def last_statuses(self, symbols: Sequence[str]) -> dict[str, str]:
+        """Last status frame of each symbol that has one."""

@@ -24,7 +24,10 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_quotes: dict[str, str] = {}
+        self._last_statuses: dict[str, str] = {}
         self._subscribers: set[MemorySubscriber] = set()
+        #: The last state frame of each (login, marker), for REST snapshots.
+        self._last_states: dict[tuple[str, str], str] = {}
         #: Presence records of this process's hubs: process -> (deadline, counts).
         self._presence: dict[str, tuple[float, dict[str, int]]] = {}
 
@@ -42,12 +45,40 @@ class MemoryBackend(Backend):
     async def apublish_quote(self, channel: str, symbol: str, frame: str) -> None:
         self.publish_quote(channel, symbol, frame)
 
+    def publish_status(self, channel: str, symbol: str, frame: str) -> None:
+        with self._lock:
+            self._last_statuses[symbol] = frame
+            self._deliver(channel, frame)
+
+    async def apublish_status(self, channel: str, symbol: str, frame: str) -> None:
+        self.publish_status(channel, symbol, frame)
+
     def publish(self, channel: str, payload: str) -> None:
         with self._lock:
             self._deliver(channel, payload)
 
     async def apublish(self, channel: str, payload: str) -> None:
         self.publish(channel, payload)
+
+    def publish_state(self, channel: str, login: str, marker: str, frame: str) -> None:
+        with self._lock:
+            self._last_states[login, marker] = frame
+            self._deliver(channel, frame)
+
+    async def apublish_state(self, channel: str, login: str, marker: str, frame: str) -> None:
+        self.publish_state(channel, login, marker, frame)
+
+    def read_states(
+        self, logins: Sequence[str], markers: Sequence[str]
+    ) -> dict[tuple[str, str], str]:
+        with self._lock:
+            found = {}
+            for login in logins:
+                for marker in markers:
+                    frame = self._last_states.get((login, marker))
+                    if frame is not None:
+                        found[login, marker] = frame
+            return found
 
     async def aput_presence(
         self, process: str, counts: Mapping[str, int], gone: Iterable[str] | None, ttl: float
@@ -89,6 +120,10 @@ class MemoryBackend(Backend):
         with self._lock:
             return {s: self._last_quotes[s] for s in symbols if s in self._last_quotes}
 
+    def _read_last_statuses(self, symbols: Sequence[str]) -> dict[str, str]:
+        with self._lock:
+            return {s: self._last_statuses[s] for s in symbols if s in self._last_statuses}
+
 
 class MemorySubscriber(Subscriber):
     """One event loop's view of the in-process bus."""
@@ -129,3 +164,6 @@ class MemorySubscriber(Subscriber):
 
     async def last_quotes(self, symbols: Sequence[str]) -> dict[str, str]:
         return self.backend._read_last_quotes(symbols)
+
+    async def last_statuses(self, symbols: Sequence[str]) -> dict[str, str]:
+        return self.backend._read_last_statuses(symbols)

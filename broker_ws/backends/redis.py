@@ -4,9 +4,16 @@
   server process holds ONE pub/sub connection and subscribes to a symbol's
   channel only while a local session wants it, so a quote costs one Redis
   delivery per interested process, not per session.
+* Instrument statuses: like quotes, ``HSET <prefix>:status`` and ``PUBLISH`` on
+  the symbol's quote channel in one round trip, so they keep their order with
+  the quotes.
 * Account frames arrive already numbered and stored by the database
   outbox; Redis only carries them to the server processes, fast. What a
   Redis outage loses, the servers read back from the outbox.
+* Live account state: ``SET <prefix>:state:<marker>:<login>`` with an expiry
+  of :data:`STATE_TTL` and ``PUBLISH`` on the login's channel, in one
+  pipelined round trip. The key only answers REST snapshots; it expires so
+  that the state of a login nobody publishes any more does not stay forever.
 * Presence: each server process keeps its sessions per login in a hash of its
   own, ``<prefix>:presence:<process>``, which expires unless the process
   refreshes it, and names itself in the set ``<prefix>:presence``; readers sum
@@ -48,6 +55,10 @@ READ_POLL = 5.0
 #: (account frames the bus misses are read from the outbox; quotes follow
 #: once the subscription is live).
 CONFIRM_TIMEOUT = 1.0
+#: Seconds a login's last published state is kept for REST snapshots (each
+#: publish renews it): a week, so that a state outlives a weekend or a holiday
+#: without quotes, and the state of a login nobody publishes any more goes away.
+STATE_TTL = 7 * 24 * 3600
 
 
 def _pool_kwargs(max_connections: int) -> dict[str, Any]:
@@ -75,6 +86,15 @@ class RedisBackend(Backend):
     # --- keys ------------------------------------------------------------
     def last_key(self) -> str:
         return f"{self.prefix}:last"
+
+    def status_key(self) -> str:
+        """The last instrument status of each symbol (a hash, like :meth:`last_key`)."""
+        return f"{self.prefix}:status"
+
+    def state_key(self, login: str, marker: str) -> str:
+        """``login``'s last state of ``marker`` (markers are letters and digits, so
+        the ``:`` after them ends them, whatever the login holds)."""
+        return f"{self.prefix}:state:{marker}:{login}"
 
     def presence_key(self) -> str:
         """The set of the server processes that have a presence record."""
@@ -121,6 +141,18 @@ class RedisBackend(Backend):
         pipe.publish(channel, frame)
         await pipe.execute()
 
+    def publish_status(self, channel: str, symbol: str, frame: str) -> None:
+        pipe = self.sync_client.pipeline(transaction=False)
+        pipe.hset(self.status_key(), symbol, frame)
+        pipe.publish(channel, frame)
+        pipe.execute()
+
+    async def apublish_status(self, channel: str, symbol: str, frame: str) -> None:
+        pipe = self.async_client().pipeline(transaction=False)
+        pipe.hset(self.status_key(), symbol, frame)
+        pipe.publish(channel, frame)
+        await pipe.execute()
+
     def publish(self, channel: str, payload: str) -> None:
         self.sync_client.publish(channel, payload)
 
@@ -133,6 +165,32 @@ class RedisBackend(Backend):
         for channel, payload in messages:
             pipe.publish(channel, payload)
         pipe.execute()
+
+    # --- live account state ------------------------------------------------
+    def publish_state(self, channel: str, login: str, marker: str, frame: str) -> None:
+        pipe = self.sync_client.pipeline(transaction=False)
+        pipe.set(self.state_key(login, marker), frame, ex=STATE_TTL)
+        pipe.publish(channel, frame)
+        pipe.execute()
+
+    async def apublish_state(self, channel: str, login: str, marker: str, frame: str) -> None:
+        pipe = self.async_client().pipeline(transaction=False)
+        pipe.set(self.state_key(login, marker), frame, ex=STATE_TTL)
+        pipe.publish(channel, frame)
+        await pipe.execute()
+
+    def read_states(
+        self, logins: Sequence[str], markers: Sequence[str]
+    ) -> dict[tuple[str, str], str]:
+        pairs = [(login, marker) for login in logins for marker in markers]
+        if not pairs:
+            return {}
+        values = self.sync_client.mget([self.state_key(*pair) for pair in pairs])
+        return {
+            pair: value.decode() if isinstance(value, bytes) else value
+            for pair, value in zip(pairs, values, strict=True)
+            if value is not None
+        }
 
     # --- presence ----------------------------------------------------------
     async def aput_presence(
@@ -374,6 +432,22 @@ class RedisSubscriber(Subscriber):
             return {}
         except TimeoutError:
             logger.info("broker_ws: Redis did not answer for the last quotes in time")
+            return {}
+        return {
+            s: v.decode() if isinstance(v, bytes) else v
+            for s, v in zip(symbols, values, strict=True)
+            if v is not None
+        }
+
+    async def last_statuses(self, symbols: Sequence[str]) -> dict[str, str]:
+        if not symbols or not self._reachable:
+            return {}  # as for last quotes: no snapshot while Redis is down
+        try:
+            values = await asyncio.wait_for(
+                self.client.hmget(self.backend.status_key(), list(symbols)), CONFIRM_TIMEOUT
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.info("broker_ws: last statuses unavailable (%r)", exc)
             return {}
         return {
             s: v.decode() if isinstance(v, bytes) else v

@@ -9,10 +9,16 @@ seq + 1, so the client knows precisely where it stands.
 Rows and seqs are read in one transaction holding the logins' sequence rows
 (``SELECT ... FOR UPDATE`` where the database has it; SQLite serialises
 writers anyway), so no save of those logins can commit in between.
+
+Beside them, the last live state published of each login and declared state
+marker (:mod:`broker_ws.publish.state`), read from the backend: state frames
+have no seq, so they are listed apart (``"state"``), and a later live one
+simply replaces them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +27,13 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import router, transaction
 from django.db.models import Q
 
+from broker_ws.backends import get_backend
+from broker_ws.conf import conf
 from broker_ws.models import LoginSequence
 from broker_ws.publish import bindings
 from broker_ws.wire.frames import join_account
+
+logger = logging.getLogger(__name__)
 
 #: Markers in the order a snapshot lists them.
 MARKER_ORDER = {"b": 0, "o": 1, "a": 2}
@@ -107,6 +117,35 @@ def related_paths(binding: bindings.Binding) -> list[str]:
     return sorted(paths)
 
 
-def encode_snapshot(seqs: dict[str, int], frames: list[str]) -> bytes:
-    """``{"seq": {...}, "frames": [...]}`` with the frames embedded as encoded."""
-    return orjson.dumps({"seq": seqs, "frames": [orjson.Fragment(f) for f in frames]})
+def last_states(logins: Sequence[str]) -> list[str]:
+    """The last state frame published of each login and declared marker that has
+    one: by login (in the order given), then marker (in ``STATE_MARKERS`` order).
+
+    A backend that cannot be read (Redis down) gives none, logged as a WARNING:
+    the rows and seqs, which the database holds, are still worth answering, and
+    the next live state frame brings the state anyway.
+    """
+    declared = conf.STATE_MARKERS
+    markers = list(declared) if isinstance(declared, dict) else []
+    wanted = list(dict.fromkeys(str(login) for login in logins))
+    if not markers or not wanted:
+        return []
+    try:
+        found = get_backend().read_states(wanted, markers)
+    except Exception as exc:
+        logger.warning("broker_ws: no live state in a snapshot, the bus failed (%s)", exc)
+        return []
+    pairs = [(login, marker) for login in wanted for marker in markers]
+    return [found[pair] for pair in pairs if pair in found]
+
+
+def encode_snapshot(seqs: dict[str, int], frames: list[str], states: Sequence[str] = ()) -> bytes:
+    """``{"seq": {...}, "frames": [...], "state": [...]}`` with the frames embedded
+    as encoded."""
+    return orjson.dumps(
+        {
+            "seq": seqs,
+            "frames": [orjson.Fragment(f) for f in frames],
+            "state": [orjson.Fragment(f) for f in states],
+        }
+    )

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.models import F
 
-from broker_ws.models import AccountEvent, LoginSequence
+from broker_ws.models import AccountEvent, LoginSequence, new_epoch
 from broker_ws.wire.frames import FrameParts, join_account
 
 
@@ -34,7 +34,7 @@ class Event(NamedTuple):
 
 
 _UPSERT = (
-    "INSERT INTO {table} (login, seq) VALUES (%s, %s) "
+    "INSERT INTO {table} (login, seq, epoch) VALUES (%s, %s, %s) "
     "ON CONFLICT (login) DO UPDATE SET seq = {table}.seq + excluded.seq RETURNING seq"
 )
 
@@ -50,7 +50,7 @@ def _allocate(login: str, count: int, using: str) -> int:
     if connection.vendor in ("postgresql", "sqlite"):
         table = connection.ops.quote_name(LoginSequence._meta.db_table)
         with connection.cursor() as cursor:
-            cursor.execute(_UPSERT.format(table=table), [login, count])
+            cursor.execute(_UPSERT.format(table=table), [login, count, new_epoch()])
             return int(cursor.fetchone()[0])
     manager = LoginSequence.objects.db_manager(using)
     row, _ = manager.select_for_update().get_or_create(login=login)
@@ -84,9 +84,42 @@ def record(by_login: dict[str, list[FrameParts]], using: str, history_size: int)
 
 def current_seqs(logins: Iterable[str]) -> dict[str, int]:
     """The last seq given to each login (0 for a login with no frame yet)."""
+    return {login: seq for login, (seq, _) in numbering(logins).items()}
+
+
+#: The epoch of a login with no numbered frame yet: any epoch continues it.
+NO_EPOCH = ""
+
+
+def numbering(logins: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """``(last seq, epoch)`` of each login; ``(0, NO_EPOCH)`` for a login with no
+    frame yet."""
     wanted = list(logins)
-    found = dict(LoginSequence.objects.filter(login__in=wanted).values_list("login", "seq"))
-    return {login: found.get(login, 0) for login in wanted}
+    found = {
+        login: (seq, epoch)
+        for login, seq, epoch in LoginSequence.objects.filter(login__in=wanted).values_list(
+            "login", "seq", "epoch"
+        )
+    }
+    return {login: found.get(login, (0, NO_EPOCH)) for login in wanted}
+
+
+def renew_epochs(logins: Iterable[str] | None = None) -> int:
+    """Give these logins (None: every login) a new epoch each; return how many.
+
+    For after a database restore: the restored counters repeat seqs that
+    clients already saw with other frames, and a new epoch makes each client
+    that resumes with the old one resync instead of trusting its seq.
+    """
+    rows = LoginSequence.objects.all()
+    if logins is not None:
+        rows = rows.filter(login__in=list(logins))
+    renewed = 0
+    with transaction.atomic(using=router.db_for_write(LoginSequence)):
+        for login in rows.select_for_update().values_list("login", flat=True).iterator():
+            LoginSequence.objects.filter(pk=login).update(epoch=new_epoch())
+            renewed += 1
+    return renewed
 
 
 def history(login: str, after: int) -> list[Event] | None:

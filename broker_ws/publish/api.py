@@ -1,4 +1,4 @@
-"""Publishing from any process: quotes, account frames, notifications.
+"""Publishing from any process: quotes, instrument statuses, account frames, notifications.
 
 Each function encodes its frame once. Quotes go straight to the configured
 backend; account frames and per-login notifications go through the database
@@ -21,6 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from broker_ws.backends import get_backend
+from broker_ws.publish import statuses
 from broker_ws.publish.accounts import Pending, emit
 from broker_ws.publish.alerts import check_quote
 from broker_ws.publish.broadcasts import record_broadcast
@@ -61,6 +62,39 @@ async def apublish_quote(symbol: str, bid: float, ask: float, ts: Timestamp = No
     channel, frame = _quote(symbol, bid, ask, ts)
     await get_backend().apublish_quote(channel, symbol, frame)
     check_quote(symbol, bid, ask)
+
+
+def _status(symbol: str, status: str, ts: Timestamp) -> tuple[str, str]:
+    if not isinstance(symbol, str) or not symbol:
+        raise ValueError("symbol must be a non-empty string")
+    statuses.validate(status)
+    return channel_names.quote_channel(symbol), frames.status(
+        symbol, status, frames.to_epoch_ms(ts)
+    )
+
+
+def publish_status(symbol: str, status: str, ts: Timestamp = None) -> None:
+    """Publish ``["s", symbol, status, ts_ms]`` to every session subscribed to ``symbol``.
+
+    It travels on the symbol's quote channel, so every session gets it in order with
+    the symbol's quotes (a quote published before it arrives before it), never
+    conflated or throttled away, and it is kept as the symbol's last status: a later
+    subscribe is answered with it, after the last quote.
+
+    Args:
+        symbol: exactly as clients subscribe to it (no case folding).
+        status: ``open``, ``closed``, ``halted``, ``close_only`` or one of the host's
+            ``INSTRUMENT_STATUSES``; anything else raises ValueError.
+        ts: when the status took effect: aware datetime or epoch ms; None for now.
+    """
+    channel, frame = _status(symbol, status, ts)
+    get_backend().publish_status(channel, symbol, frame)
+
+
+async def apublish_status(symbol: str, status: str, ts: Timestamp = None) -> None:
+    """Async :func:`publish_status`."""
+    channel, frame = _status(symbol, status, ts)
+    await get_backend().apublish_status(channel, symbol, frame)
 
 
 def _account_parts(marker: str, fields: Sequence[Any], login: str) -> frames.FrameParts:

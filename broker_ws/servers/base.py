@@ -23,11 +23,16 @@ test communicators, get it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from broker_ws import metrics
 from broker_ws.wire.encoded import EncodedFrame
 
 logger = logging.getLogger(__name__)
+
+#: An ASGI ``send``.
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class ConnectionGone(Exception):
@@ -106,6 +111,30 @@ class Transport:
     def connection_closed(self) -> bool:
         """Whether the connection is known to be closed (the client left)."""
         return False
+
+    async def refuse(self, scope: Any, send: Send, status: int, reason: str) -> None:
+        """Refuse the WebSocket handshake with HTTP ``status`` and ``reason``.
+
+        Through ASGI's WebSocket Denial Response extension where the server
+        offers it (uvicorn): the response's status and a ``text/plain`` body.
+        Elsewhere the ASGI core allows only ``websocket.close``, which servers
+        answer with 403 and no reason.
+        """
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = reason.encode()
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        await send({"type": "websocket.close"})
 
     def before_accept(self) -> None:
         """Called once, before the session sends ``websocket.accept``."""

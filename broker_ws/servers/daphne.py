@@ -63,6 +63,7 @@ PING_PHASE = FastPath(SERVER, "ping phase")
 CLOSE_HANDSHAKE = FastPath(SERVER, "close handshake")
 RELEASE = FastPath(SERVER, "release of closed connections")
 ADMISSION = FastPath(SERVER, "admission at the accept")
+REFUSAL = FastPath(SERVER, "handshake refusal with a reason")
 
 
 def daphne_protocol(send: Any) -> Any | None:
@@ -149,6 +150,14 @@ class DaphneTransport(Transport):
             return False  # unknown: not known to be closed
 
     # --- the session's lifecycle -----------------------------------------------
+    async def refuse(self, scope: Any, send: Any, status: int, reason: str) -> None:
+        """daphne has no WebSocket Denial Response and answers ``websocket.close``
+        with "403 Access denied": fail autobahn's handshake with ``status`` and
+        ``reason`` (the HTTP status line) as daphne's own rejection does it."""
+        if REFUSAL.enabled and _guarded(REFUSAL, _deny_handshake, self._protocol, status, reason):
+            return
+        await super().refuse(scope, send, status, reason)
+
     def before_accept(self) -> None:
         """Make autobahn send a close frame when it fails the connection.
 
@@ -201,6 +210,16 @@ def _guarded(path: FastPath, call: Callable[..., Any], *args: Any) -> Any:
     except Exception as exc:
         path.fail(exc)
         return None
+
+
+def _deny_handshake(protocol: Any, status: int, reason: str) -> bool:
+    """What daphne's ``serverReject`` does, with our status and reason."""
+    from autobahn.websocket.types import ConnectionDeny
+
+    protocol.handshake_deferred.errback(ConnectionDeny(code=status, reason=reason))
+    del protocol.handshake_deferred
+    protocol.server.protocol_disconnected(protocol)
+    return True
 
 
 def _buffering_transport(protocol: Any) -> Any | None:

@@ -99,6 +99,11 @@ def unregister(name: str) -> None:
     _registry.pop(name, None)
 
 
+def registered() -> list[str]:
+    """The names registered in code (:func:`command`), besides ``BROKER_WS["COMMANDS"]``."""
+    return sorted(_registry)
+
+
 def handler_for(name: str) -> Handler | None:
     """The handler of ``name``: registered in code, else from the setting."""
     handler = _registry.get(name)

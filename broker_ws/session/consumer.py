@@ -49,7 +49,7 @@ from broker_ws.session.drain import get_drain
 from broker_ws.session.hub import Hub, get_hub
 from broker_ws.session.outgoing import Frame, Outgoing
 from broker_ws.session.ratelimit import TokenBucket
-from broker_ws.session.symbols import split_symbols
+from broker_ws.session.symbols import entitled, split_symbols
 from broker_ws.wire import frames, protocol
 from broker_ws.wire.encoded import EncodedFrame
 from broker_ws.wire.protocol import CloseCode, ErrorCode
@@ -62,6 +62,13 @@ ROOT_PATHS = frozenset({"", "/"})
 #: what failed stays in the server's log.
 _UNAVAILABLE_REPLY = frames.error(
     ErrorCode.UNAVAILABLE, "the server is temporarily unavailable; reconnect after a back-off"
+)
+
+
+#: The reason given to a client that offers only subprotocols this server does not speak.
+_UNSUPPORTED_SUBPROTOCOLS = (
+    f"Unsupported WebSocket subprotocol: this server speaks {protocol.SUBPROTOCOL} "
+    "(or offer none)"
 )
 
 
@@ -89,6 +96,9 @@ class StreamConsumer(AsyncConsumer):
         #: Tasks of this session (closes), referenced until done.
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_commands = 0  # the host's commands being handled
+        # Kept by the hub's heartbeat sweep (broker_ws/session/heartbeat.py).
+        self.heartbeat_mark = 0
+        self.heartbeat_since = 0.0
         try:
             while True:
                 message = await receive()
@@ -116,8 +126,18 @@ class StreamConsumer(AsyncConsumer):
             self.closed = True
             await self.base_send({"type": "websocket.close"})
             return
+        offered = self.scope.get("subprotocols") or ()
+        if offered and protocol.SUBPROTOCOL not in offered:
+            self.closed = True
+            await self.transport.refuse(
+                self.scope, self.base_send, 400, _UNSUPPORTED_SUBPROTOCOLS
+            )
+            return
         self.transport.before_accept()
-        await self.base_send({"type": "websocket.accept"})
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if offered:
+            accept["subprotocol"] = protocol.SUBPROTOCOL
+        await self.base_send(accept)
         self.transport.after_accept()
         get_collector().session_event()
         drain = get_drain()
@@ -207,6 +227,14 @@ class StreamConsumer(AsyncConsumer):
         self.out.close()
 
     # --- sending ----------------------------------------------------------
+    def frames_written(self) -> int:
+        """How many frames were written to the client so far (for the heartbeat)."""
+        return self.out.written
+
+    def stream_logins(self) -> tuple[str, ...]:
+        """The logins whose frames this session receives (none before authorized)."""
+        return self.identity.logins if self.identity is not None else ()
+
     async def push(self, frame: Frame) -> None:
         """Send one frame after every frame queued before it."""
         await self.out.push(frame)
@@ -219,6 +247,10 @@ class StreamConsumer(AsyncConsumer):
     def offer_quote(self, key: str, frame: EncodedFrame) -> Awaitable[None] | None:
         """Send a quote frame (see :meth:`Outgoing.offer_quote`)."""
         return self.out.offer_quote(key, frame)
+
+    async def push_status(self, key: str, frame: EncodedFrame) -> None:
+        """Send an instrument status frame (see :meth:`Outgoing.push_after_quote`)."""
+        await self.out.push_after_quote(key, frame)
 
     async def push_account(self, login: str, seq: int, frame: Frame) -> None:
         """Send an account frame unless the client said on resume that it has it."""
@@ -376,7 +408,7 @@ class StreamConsumer(AsyncConsumer):
             return
         self._authorizing = True
         try:
-            await self._register(identity, command.resume)
+            await self._register(identity, command.resume, command.epochs)
         except Exception:
             logger.exception("broker_ws: authorizing a session failed")
             await self._error(ErrorCode.INTERNAL_ERROR, "the server could not authorize you")
@@ -384,7 +416,12 @@ class StreamConsumer(AsyncConsumer):
         finally:
             self._authorizing = False
 
-    async def _register(self, identity: Identity, resume: dict[str, int] | None) -> None:
+    async def _register(
+        self,
+        identity: Identity,
+        resume: dict[str, int] | None,
+        epochs: dict[str, str] | None,
+    ) -> None:
         """Take the session's slots in the hub, then answer ``authorized`` (and the
         resume) before any live frame of its logins."""
         async with self.out.answering() as replies:
@@ -415,17 +452,25 @@ class StreamConsumer(AsyncConsumer):
             get_collector().session_event()
             self.identity = identity
             self._release_admission()
+            our_epochs = hub.epochs_of(identity.logins)
             replay: list[str] = []
             if resume:
                 try:
-                    replay, self.seen = await missed_frames(resume, seqs)
+                    replay, self.seen = await missed_frames(resume, seqs, epochs, our_epochs)
                 except DatabaseError as exc:
                     logger.warning("broker_ws: cannot read the history for a resume (%s)", exc)
                     replies.append(_UNAVAILABLE_REPLY)
                     self._close_soon(CloseCode.UNAVAILABLE)
                     return
             replies.append(
-                frames.authorized(identity.username, identity.logins, identity.expires_ms, seqs)
+                frames.authorized(
+                    identity.username,
+                    identity.logins,
+                    identity.expires_ms,
+                    seqs,
+                    our_epochs,
+                    protocol.PROTOCOL_VERSION,
+                )
             )
             replies.extend(replay)
         if not self.closed:
@@ -445,9 +490,17 @@ class StreamConsumer(AsyncConsumer):
             identity.expires_ms,
             identity.issued_at,
         )
-        seqs = self.hub.seqs_of(self.identity.logins) if self.hub is not None else {}
+        logins = self.identity.logins
+        hub = self.hub
         await self.push(
-            frames.authorized(identity.username, self.identity.logins, identity.expires_ms, seqs)
+            frames.authorized(
+                identity.username,
+                logins,
+                identity.expires_ms,
+                hub.seqs_of(logins) if hub is not None else {},
+                hub.epochs_of(logins) if hub is not None else {},
+                protocol.PROTOCOL_VERSION,
+            )
         )
         self._set_timer(identity.expires_ms / 1000 - time.time(), CloseCode.TOKEN_EXPIRED)
 
@@ -465,14 +518,29 @@ class StreamConsumer(AsyncConsumer):
     async def _subscribe(self, command: protocol.Subscribe) -> None:
         accepted, refused = split_symbols(command.symbols)
         new = [symbol for symbol in accepted if symbol not in self.symbols]
+        if new and conf.SYMBOL_ENTITLEMENTS is not None:
+            # Only what the subscribe adds: a symbol subscribed already was granted.
+            assert self.identity is not None
+            new, denied = await entitled(self.identity, new)  # ProtocolError if it fails
+            if self.closed:
+                return
+            if denied:
+                unwanted = set(denied)
+                accepted = [s for s in accepted if s not in unwanted]
+                unwanted.update(refused)
+                refused = [s for s in command.symbols if s in unwanted]  # the client's order
+        again = [symbol for symbol in accepted if symbol in self.symbols]
         room = max(conf.MAX_SUBSCRIPTIONS - len(self.symbols), 0)
         over = new[room:]
         new = new[:room]
         async with self.out.answering() as replies:
             hub = await self._get_hub()
-            snapshot = await hub.add_quotes(self, new)
+            snapshot = await hub.add_quotes(self, new, command.interval_ms)
             if self.closed:
                 return  # the hub did not register a closed session
+            if again:
+                # Subscribed already: at this message's max_rate (or none) from now on.
+                await hub.move_quotes(self, again, command.interval_ms)
             self.symbols.update(new)
             metrics.SUBSCRIPTIONS.inc(len(new))
             replies.append(frames.control("subscribed", [s for s in accepted if s not in over]))

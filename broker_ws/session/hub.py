@@ -11,15 +11,24 @@ Everything the bus brings and everything the outbox poll finds goes through
 one queue and one task, the pump, in the order it arrived; the pump hands
 each message to the part that owns it:
 
-* quotes to :class:`~broker_ws.session.quotes.QuoteFanout` (the symbol
-  registry, last quotes, the fan-out);
+* quotes and instrument statuses to :class:`~broker_ws.session.quotes.QuoteFanout`
+  (the symbol registry, last quotes and statuses, the fan-out), and the held
+  quotes of its :class:`~broker_ws.session.throttle.ThrottleGroup` (``max_rate``)
+  when their turn comes, so they keep their order with the statuses;
 * account frames to :class:`~broker_ws.session.logins.LoginStreams` (per
   login: seq order, pending frames, gap fill from the outbox);
+* state frames, which share a login's channel (a payload that starts with
+  ``[``, where numbered ones start with a digit), to
+  :class:`~broker_ws.session.account_state.StateFanout` (rate cap, one encoding
+  for the login's sessions), which also posts the trailing frames it held back
+  to the pump, so they keep their order;
 * broadcasts (de-duplicated: the bus and the poll both bring them) and
   revocations to the sessions the hub keeps itself.
 
 :class:`~broker_ws.session.presence.PresenceReporter` keeps the hub's
-sessions per login on the bus, for :func:`broker_ws.presence`.
+sessions per login on the bus, for :func:`broker_ws.presence`;
+:class:`~broker_ws.session.heartbeat.Heartbeats` sends ``h`` frames to the
+sessions that were sent nothing for a while.
 
 :class:`~broker_ws.session.outbox_follower.OutboxFollower` turns each poll of
 the outbox (:mod:`broker_ws.outbox.poller`) into typed messages for the pump:
@@ -40,11 +49,14 @@ from broker_ws import metrics
 from broker_ws.backends import Backend, get_backend
 from broker_ws.outbox import poller
 from broker_ws.publish import broadcasts
+from broker_ws.session.account_state import StateDue, StateFanout
+from broker_ws.session.heartbeat import Heartbeats
 from broker_ws.session.logins import LoginStreams
 from broker_ws.session.outbox_follower import OutboxFollower
 from broker_ws.session.presence import PresenceReporter
 from broker_ws.session.quotes import QuoteFanout
 from broker_ws.session.sessions import Session, guarded
+from broker_ws.session.throttle import ThrottleGroup
 from broker_ws.wire import channel_names
 from broker_ws.wire.encoded import EncodedFrame
 from broker_ws.wire.messages import (
@@ -54,6 +66,7 @@ from broker_ws.wire.messages import (
     Revoked,
     decode_numbered,
     decode_revocation,
+    is_state,
 )
 
 __all__ = ["Hub", "Session", "close_hubs", "get_hub"]
@@ -77,8 +90,11 @@ class Hub:
         self.backend = backend
         self.subscriber = backend.connect(self._on_message)
         self.subscriber.on_reconnect = self._on_reconnect
-        self.quotes = QuoteFanout(self.subscriber, self._spawn, self._unsubscribe_soon)
+        self.quotes = QuoteFanout(
+            self.subscriber, self._spawn, self._unsubscribe_soon, self._post_throttled
+        )
         self.logins = LoginStreams(self.subscriber, self._spawn, self._unsubscribe_soon)
+        self.states = StateFanout(self._post_due)
         self.everyone: set[Session] = set()
         self.everyone_channel = channel_names.everyone_channel()
         self.users: dict[str, set[Session]] = {}
@@ -90,11 +106,12 @@ class Hub:
             emit=self._take_messages,
         )
         self.presence = PresenceReporter(backend, self._session_counts)
+        self.heartbeats = Heartbeats(lambda: self.everyone, self.logins.seqs_of)
         self._broadcasts_seen: set[int] = set()
         self._broadcasts_order: deque[int] = deque()
         #: What the bus brought, ``(channel, payload)``, and what the outbox poll
         #: found, as messages; in the order it arrived.
-        self._inbox: deque[tuple[str, str] | Message] = deque()
+        self._inbox: deque[tuple[str, str] | Message | StateDue | ThrottleGroup] = deque()
         self._wakeup = asyncio.Event()
         self._poller: poller.OutboxPoller | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -127,6 +144,7 @@ class Hub:
             loop.create_task(self._pump()),
             loop.create_task(self.outbox.run()),
             loop.create_task(self.presence.run()),
+            loop.create_task(self.heartbeats.run()),
         ]
         self._poller = poller.OutboxPoller(
             loop, lambda: self.outbox.tails, lambda: bool(self.users), self.outbox.on_tails
@@ -137,6 +155,7 @@ class Hub:
     async def close(self) -> None:
         """Stop fanning out and polling, and close the bus connection."""
         self._closing = True
+        self.quotes.close()  # the throttle groups' timers
         self.outbox.closing = True
         if self._poller is not None:
             await self._poller.stop()
@@ -167,6 +186,16 @@ class Hub:
         self._inbox.extend(messages)
         self._wakeup.set()
 
+    def _post_throttled(self, group: ThrottleGroup) -> None:
+        """A throttle group's turn came: its held quote goes out from the pump, in
+        order with the symbol's statuses."""
+        self._inbox.append(group)
+        self._wakeup.set()
+
+    def _post_due(self, due: StateDue) -> None:
+        self._inbox.append(due)
+        self._wakeup.set()
+
     def _on_reconnect(self) -> None:
         # Whatever was published while the bus was down is in the outbox.
         if self._poller is not None:
@@ -188,7 +217,8 @@ class Hub:
                 else:
                     await self._dispatch(item)  # type: ignore[arg-type]
             except Exception:
-                logger.exception("broker_ws: fan-out of %r failed", item[:1])
+                what = item[:1] if isinstance(item, tuple) else item
+                logger.exception("broker_ws: fan-out of %r failed", what)
 
     async def _dispatch_bus(self, channel: str, payload: str) -> None:
         """Decode what the bus brought, once, and dispatch it."""
@@ -199,12 +229,19 @@ class Hub:
         elif channel == self.revocations_channel:
             await self._revoke(decode_revocation(payload))
         elif channel in self.logins.states:
+            if is_state(payload):
+                await self.states.deliver(self.logins.states[channel], payload)
+                return
             seq, frame = decode_numbered(payload)
             login = self.logins.states[channel].login
             await self.logins.deliver(AccountFrame(login, seq, frame), channel)
 
-    async def _dispatch(self, message: Message) -> None:
-        if isinstance(message, AccountFrame):
+    async def _dispatch(self, message: Message | StateDue | ThrottleGroup) -> None:
+        if isinstance(message, ThrottleGroup):
+            await message.flush()
+        elif isinstance(message, StateDue):
+            await self.states.due(message)
+        elif isinstance(message, AccountFrame):
             await self.logins.deliver(message)
         elif isinstance(message, Broadcast):
             await self._broadcast(message)
@@ -233,10 +270,20 @@ class Hub:
         return True
 
     # --- sessions -------------------------------------------------------------
-    async def add_quotes(self, session: Session, symbols: Sequence[str]) -> list[str]:
+    async def add_quotes(
+        self, session: Session, symbols: Sequence[str], interval_ms: int | None = None
+    ) -> list[str]:
         """Subscribe ``session`` to ``symbols``; return their last quote frames
         (:meth:`QuoteFanout.add <broker_ws.session.quotes.QuoteFanout.add>`)."""
-        return await self.quotes.add(session, symbols, self._closing)
+        return await self.quotes.add(session, symbols, self._closing, interval_ms)
+
+    async def move_quotes(
+        self, session: Session, symbols: Iterable[str], interval_ms: int | None
+    ) -> None:
+        """Re-subscription: ``session`` gets these symbols (it has them already) at
+        ``interval_ms`` from now on, None for every quote
+        (:meth:`QuoteFanout.move <broker_ws.session.quotes.QuoteFanout.move>`)."""
+        await self.quotes.move(session, symbols, interval_ms)
 
     def remove_quotes(self, session: Session, symbols: Iterable[str]) -> None:
         """Unsubscribe ``session``; drop bus subscriptions nobody here needs."""
@@ -250,6 +297,10 @@ class Hub:
     def seqs_of(self, logins: Iterable[str]) -> dict[str, int]:
         """The last seq delivered here of each of these logins that has one."""
         return self.logins.seqs_of(logins)
+
+    def epochs_of(self, logins: Iterable[str]) -> dict[str, str]:
+        """The epoch of each of these logins' numbering, as read with its seq."""
+        return self.logins.epochs_of(logins)
 
     async def add_session(
         self, session: Session, user_id: str, logins: Sequence[str]

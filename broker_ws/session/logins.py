@@ -43,14 +43,15 @@ GAP_FILL_PATIENCE = 5.0
 GAP_FILL_RETRY = 0.5
 
 
-def _current_seqs(logins: list[str]) -> list[int]:
-    """The current seq of each login, in one query (a database error fails them all)."""
-    current = store.current_seqs(dict.fromkeys(logins))
+def _numberings(logins: list[str]) -> list[tuple[int, str]]:
+    """The current ``(seq, epoch)`` of each login, in one query (a database error
+    fails them all)."""
+    current = store.numbering(dict.fromkeys(logins))
     return [current[login] for login in logins]
 
 
 #: Reads of logins' current seqs asked while one is under way go on the next one.
-_login_seqs: Batcher[str, int] = Batcher(_current_seqs)
+_login_seqs: Batcher[str, tuple[int, str]] = Batcher(_numberings)
 
 
 @dataclass(eq=False)
@@ -66,6 +67,8 @@ class LoginState:
     login: str
     sessions: set[Session] = field(default_factory=set)
     seq: int | None = None
+    #: The epoch of the login's numbering, read with ``seq``.
+    epoch: str = store.NO_EPOCH
     pending: dict[int, str] = field(default_factory=dict)
     reserved: int = 0
     busy: bool = False
@@ -109,6 +112,15 @@ class LoginStreams:
             if state is not None and state.seq is not None:
                 seqs[login] = state.seq
         return seqs
+
+    def epochs_of(self, logins: Iterable[str]) -> dict[str, str]:
+        """The epoch of each of these logins whose seq was read here."""
+        epochs = {}
+        for login in logins:
+            state = self.state_of(login)
+            if state is not None and state.seq is not None:
+                epochs[login] = state.epoch
+        return epochs
 
     def needs(self, login: str, seq: int) -> bool:
         """Whether the frame ``seq`` of ``login`` is still due to local sessions."""
@@ -178,7 +190,7 @@ class LoginStreams:
         channel = channel_names.login_channel(state.login)
         try:
             await self._subscriber.subscribe([channel])
-            state.seq = await _login_seqs.of_this_loop().run(state.login)
+            state.seq, state.epoch = await _login_seqs.of_this_loop().run(state.login)
             await self._advance(state)
         finally:
             state.ready = None

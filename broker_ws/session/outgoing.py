@@ -8,7 +8,9 @@ fan-out loop. So before writing, a session asks its server's
 for its socket; past the transport's limit (``SLOW_CONSUMER_BUFFER``, or
 less under uvicorn) it stops writing and becomes *slow*:
 
-* quotes are conflated: only the latest frame per symbol is kept;
+* quotes are conflated: only the latest frame per symbol is kept (an
+  instrument status is never conflated: the quote held before it is queued
+  ahead of it, :meth:`Outgoing.push_after_quote`);
 * every other frame (replies, account frames, notifications) is kept in
   order; past ``SLOW_CONSUMER_MAX_PENDING`` of them the session is closed
   with :attr:`~broker_ws.wire.protocol.CloseCode.TOO_SLOW`, and the client
@@ -83,6 +85,9 @@ class Outgoing:
         self._watch: asyncio.TimerHandle | None = None
         self.slow = False
         self.closed = False
+        #: Frames written to the socket so far (for the heartbeat: a session that was
+        #: written to is not idle).
+        self.written = 0
 
     # --- entry points ---------------------------------------------------
     async def push(self, frame: Frame) -> None:
@@ -117,11 +122,23 @@ class Outgoing:
             return None
         try:
             if self._transport.write(frame):
+                self.written += 1
                 return None
         except ConnectionGone:
             self._gone()
             return None
         return self.push(frame)
+
+    async def push_after_quote(self, key: str, frame: Frame) -> None:
+        """Send a frame that must arrive (an instrument status), after the quote of
+        ``key`` offered before it: a quote a slow session holds conflated under
+        ``key`` is queued ahead of it, in order, instead of after every ordered frame."""
+        if self.closed:
+            return
+        quote = self._quotes.pop(key, None)
+        if quote is not None:
+            self._ordered.append(quote)
+        await self.push(frame)
 
     @contextlib.asynccontextmanager
     async def answering(self) -> AsyncIterator[list[str]]:
@@ -189,6 +206,7 @@ class Outgoing:
             await self._flush()
 
     async def _write(self, frame: Frame) -> None:
+        self.written += 1
         if self._direct:
             encoded = frame if isinstance(frame, EncodedFrame) else EncodedFrame(frame)
             try:

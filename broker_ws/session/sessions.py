@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from django.db import Error as DatabaseError  # InterfaceError is not a DatabaseError
@@ -42,11 +42,26 @@ class Session(Protocol):
         """Send a quote frame (conflated per ``key`` if the client is slow): done at
         once (None), or an awaitable to await."""
 
+    async def push_status(self, key: str, frame: EncodedFrame) -> None:
+        """Send an instrument status frame in order, after the quotes offered under
+        ``key`` before it, never conflated."""
+
     async def push_account(self, login: str, seq: int, frame: Frame) -> None:
         """Send an account frame of ``login`` numbered ``seq``."""
 
     async def revoke(self, revoked_at: float) -> None:
         """Close the session if its token was issued up to ``revoked_at`` (epoch s)."""
+
+    # For the heartbeat (broker_ws/session/heartbeat.py): the session's frame count
+    # at the sweep's last look, and when it last changed (event-loop time).
+    heartbeat_mark: int
+    heartbeat_since: float
+
+    def frames_written(self) -> int:
+        """How many frames were written to the client so far."""
+
+    def stream_logins(self) -> Sequence[str]:
+        """The logins whose frames the session receives."""
 
 
 async def wait_shared(task: asyncio.Future[Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 QUOTE = "t"
+STATUS = "s"
 BALANCE = "b"
 TRADE = "o"
 ALERT = "a"
@@ -78,6 +79,16 @@ def quote(symbol: str, bid: float, ask: float, ts_ms: int) -> str:
     return orjson.dumps([QUOTE, symbol, bid, ask, ts_ms]).decode()
 
 
+def status(symbol: str, status: str, ts_ms: int) -> str:
+    """``["s", symbol, status, ts_ms]``: an instrument status (travels with the quotes)."""
+    return orjson.dumps([STATUS, symbol, status, ts_ms]).decode()
+
+
+def is_status(frame: str) -> bool:
+    """Whether a payload of a symbol's quote channel is a status frame (not a quote)."""
+    return frame.startswith('["s",')
+
+
 def account_parts(marker: str, login: str, fields: Sequence[Any]) -> FrameParts:
     """Split ``[marker, login, seq, ...fields]`` around the seq.
 
@@ -109,6 +120,16 @@ def broadcast_notification(level: str, text: str, ts_ms: int) -> str:
     return dumps([NOTIFICATION, None, None, level, text, ts_ms]).decode()
 
 
+def state(marker: str, login: str, fields: Sequence[Any]) -> str:
+    """``[marker, login, null, ...fields]``: a login's live state (no seq: never stored).
+
+    ``marker`` is a declared ``STATE_MARKERS`` key: ASCII letters and digits only
+    (the system check holds it to that), so its JSON form needs no escape and
+    :func:`broker_ws.wire.messages.state_marker` can read it back from the text.
+    """
+    return dumps([marker, login, None, *fields]).decode()
+
+
 def control(event: str, data: Any) -> str:
     """A control reply: ``{"event": ..., "data": ...}``."""
     return dumps({"event": event, "data": data}).decode()
@@ -119,9 +140,29 @@ def error(code: str, message: str, **extra: Any) -> str:
     return control("error", {"code": code, "message": message, **extra})
 
 
-def authorized(user: str, logins: Iterable[str], expires_ms: int, seq: Mapping[str, int]) -> str:
+def authorized(
+    user: str,
+    logins: Iterable[str],
+    expires_ms: int,
+    seq: Mapping[str, int],
+    epoch: Mapping[str, str],
+    protocol: str,
+) -> str:
     """The reply to a successful ``authorization`` message."""
     return control(
         "authorized",
-        {"user": user, "logins": list(logins), "expires": expires_ms, "seq": dict(seq)},
+        {
+            "user": user,
+            "logins": list(logins),
+            "expires": expires_ms,
+            "seq": dict(seq),
+            "epoch": dict(epoch),
+            "protocol": protocol,
+        },
     )
+
+
+def heartbeat(ts_ms: int, seq: Mapping[str, int]) -> str:
+    """``["h", ts_ms, {"<login>": <seq>, ...}]``: the session is alive, and the last
+    seq of each of its logins the server has sent it."""
+    return dumps(["h", ts_ms, seq]).decode()

@@ -11,7 +11,11 @@ in-process backend):
 
 * an account frame on a login's channel, and a broadcast on the everyone
   channel: ``"<number> <frame>"`` (the login's seq, or the broadcast's id);
-* a revocation: ``"<user_id> <epoch seconds>"``.
+* a revocation: ``"<user_id> <epoch seconds>"``;
+* a login's live state (:mod:`broker_ws.publish.state`) on the login's channel:
+  the state frame itself, ``[marker, login, null, ...]``. It starts with ``[``
+  where a numbered payload starts with a digit, so the two share the login's
+  channel (no subscription of its own) and cannot be mistaken for each other.
 
 Quote payloads are the frame itself (:func:`broker_ws.wire.frames.quote`).
 """
@@ -56,6 +60,21 @@ def decode_numbered(payload: str) -> tuple[int, str]:
     """Invert :func:`encode_numbered`."""
     number, _, frame = payload.partition(" ")
     return int(number), frame
+
+
+def is_state(payload: str) -> bool:
+    """Whether a payload on a login's channel is a state frame (else a numbered one)."""
+    return payload[:1] == "["
+
+
+def state_marker(frame: str) -> str:
+    """The marker of a state frame: ``'["e","1001",null,...]'`` -> ``"e"``.
+
+    Read from the text, not parsed: declared markers are ASCII letters and
+    digits (:func:`broker_ws.wire.frames.state`), so the marker is what lies
+    between the first two quotes.
+    """
+    return frame[2 : frame.index('"', 2)]
 
 
 def encode_revocation(user_id: str, revoked_at: float) -> str:

@@ -9,6 +9,7 @@ reply while the session stays open. See ``docs/protocol.md``.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,12 @@ from broker_ws.exceptions import ProtocolError
 
 PING = "ping"
 PONG = "pong"
+
+#: The protocol revision ``authorized.data.protocol`` announces. Minor revisions
+#: only add (markers, events, fields) that a client of an earlier one ignores.
+PROTOCOL_VERSION = "1.1"
+#: The WebSocket subprotocol a client may offer to ask for protocol v1 explicitly.
+SUBPROTOCOL = "broker-ws.v1"
 
 
 class CloseCode(enum.IntEnum):
@@ -75,22 +82,36 @@ class ErrorCode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Authorize:
-    """``{"authorization": "<JWT>", "resume": {"<login>": <last seq seen>}}``.
+    """``{"authorization": "<JWT>", "resume": {"<login>": <last seq seen>},
+    "epochs": {"<login>": "<epoch>"}}``.
 
     ``resume`` is optional: the frames missed since a previous session.
+    ``epochs`` is optional: the epoch of each login's numbering that the
+    resumed seqs belong to (from the previous ``authorized``).
     ``token`` is empty when the message carried no usable token (not a
     string, or empty): that is refused like a bad token, not a bad message.
     """
 
     token: str
     resume: dict[str, int] | None = None
+    epochs: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``{"event": "subscribe", "data": [symbols]}``."""
+    """``{"event": "subscribe", "data": [symbols], "max_rate": R}``.
+
+    ``max_rate`` is optional (absent or null: every quote): at most R quotes per
+    second of each of these symbols, the latest one. It is kept as
+    ``interval_ms``, the time between two quotes: ``1000 / R`` rounded **up** to a
+    multiple of :data:`RATE_STEP_MS`, so the rate a session gets never exceeds R,
+    and a symbol has at most ``MAX_INTERVAL_MS / RATE_STEP_MS`` (200) throttle
+    groups in a process. R must be a number from :data:`MIN_RATE` to
+    :data:`MAX_RATE` (0.1 to 20 quotes/s); anything else is a ``bad_message``.
+    """
 
     symbols: tuple[str, ...]
+    interval_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +155,13 @@ def parse(text: str) -> Command:
         token = message["authorization"]
         if not isinstance(token, str) or not token:
             return Authorize("")
-        return Authorize(token, _resume(message.get("resume")))
+        return Authorize(token, _resume(message.get("resume")), _epochs(message.get("epochs")))
     event = message.get("event")
     if event in ("subscribe", "unsubscribe"):
         symbols = _symbol_list(message.get("data"))
-        return Subscribe(symbols) if event == "subscribe" else Unsubscribe(symbols)
+        if event == "unsubscribe":
+            return Unsubscribe(symbols)
+        return Subscribe(symbols, _interval_ms(message.get("max_rate")))
     if not isinstance(event, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message needs an 'event' or 'authorization'")
     # Whether the host has a command of that name is the session's to say.
@@ -168,6 +191,50 @@ def _resume(value: Any) -> dict[str, int] | None:
             ErrorCode.BAD_MESSAGE, "resume must map logins to the last seq seen (integers >= 0)"
         )
     return value
+
+
+#: Longest epoch string accepted from a client (the server's are 16 characters).
+MAX_EPOCH_LENGTH = 64
+
+
+def _epochs(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(epoch, str) and len(epoch) <= MAX_EPOCH_LENGTH for epoch in value.values()
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"epochs must map logins to epoch strings of at most {MAX_EPOCH_LENGTH} characters",
+        )
+    return value
+
+
+#: Bounds of a subscribe's ``max_rate`` (quotes per second per symbol).
+MIN_RATE = 0.1
+MAX_RATE = 20
+#: A throttled subscription's interval is a multiple of this many ms.
+RATE_STEP_MS = 50
+#: The longest interval (that of :data:`MIN_RATE`).
+MAX_INTERVAL_MS = 10_000
+
+
+def _interval_ms(max_rate: Any) -> int | None:
+    """The interval of a subscribe's ``max_rate`` (None: unthrottled); see
+    :class:`Subscribe`."""
+    if max_rate is None:
+        return None
+    if (
+        isinstance(max_rate, bool)
+        or not isinstance(max_rate, int | float)
+        or not MIN_RATE <= max_rate <= MAX_RATE  # also refuses NaN
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"max_rate must be a number of quotes per second from {MIN_RATE} to {MAX_RATE}",
+        )
+    steps = math.ceil(1000 / max_rate / RATE_STEP_MS - 1e-9)  # rounding noise is no step
+    return max(steps, 1) * RATE_STEP_MS
 
 
 def _symbol_list(data: Any) -> tuple[str, ...]:

@@ -2,8 +2,11 @@
 
 The embedded demo keeps everything in one process (in-process backend), so
 the feed has to publish from inside the server process: it runs as a
-thread beside the server. With ``REDIS_URL`` set, ``--no-feed`` and a
-separate ``manage.py ws_demo_feed`` work as well.
+thread beside the server. With each quote it also publishes the live state
+``e`` (equity, margin, free margin, margin level, floating P/L) of the accounts
+with an open trade of that symbol (:mod:`project.broker.equity`). With
+``REDIS_URL`` set, ``--no-feed`` and a separate ``manage.py ws_demo_feed`` work
+as well (quotes only).
 
 Both servers get what DESIGN §4 measured they need: a listen backlog of
 4096 (daphne's default of 50 makes 1000 simultaneous connects take 13 s),
@@ -20,6 +23,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from broker_ws.publish.feed import DEFAULT_SYMBOLS, run_feed
+from project.broker.equity import EquityBook, quote_and_equity
 
 
 class Command(BaseCommand):
@@ -44,6 +48,7 @@ class Command(BaseCommand):
                 kwargs={
                     "symbols": [s for s in options["symbols"].split(",") if s],
                     "rate": options["rate"],
+                    "publish": quote_and_equity(EquityBook()),
                 },
                 name="demo-feed",
                 daemon=True,
