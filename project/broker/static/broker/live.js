@@ -1,4 +1,4 @@
-// broker_ws live page: the reference browser client of protocol v1 (docs/protocol.md).
+// broker_ws live page: the reference browser client of protocol v1.1 (docs/protocol.md).
 //
 // Plain JavaScript with no build step and no dependencies. The index view inlines this
 // file into the page, so it must never contain a closing script tag.
@@ -11,7 +11,14 @@
 //      apply account frames strictly in seq order, reconcile over REST on a gap or a
 //      "resync";
 //   4. refresh the access token before it expires and hand it over in-band;
-//   5. reconnect with back-off, except where the close code says it is pointless.
+//   5. reconnect with back-off, except where the close code says it is pointless;
+//   6. (v1.1) offer the subprotocol "broker-ws.v1"; keep each login's epoch from
+//      "authorized" and send it as "epochs" beside "resume"; watch the heartbeats
+//      ["h", ts, {login: seq}]: no frame at all for 2.5 heartbeat intervals is a dead
+//      connection, a seq above ours is a missed frame (reconciled over REST); on a
+//      drain notice reconnect, with resume, at a random moment of its window; show
+//      instrument status ["s", ...] and live equity ["e", login, null, ...]; re-subscribe
+//      with "max_rate": 1 in mobile mode.
 "use strict";
 
 (() => {
@@ -30,6 +37,17 @@
   const BACKOFF_FIRST_MS = 500;
   const BACKOFF_MAX_MS = 30_000;
   const RETRY_MS = 5_000;
+  const SUBPROTOCOL = "broker-ws.v1";
+  // The server sends ["h", ...] to a session it has sent nothing for HEARTBEAT_INTERVAL
+  // (a server setting, 15 s by default). The page cannot ask for it: it assumes 15 s
+  // until it has seen heartbeats, then uses the longest silence it saw before one (at
+  // least 1 s: the server checks once a second). No frame at all (quotes, replies,
+  // pongs, heartbeats) for DEAD_AFTER intervals means the connection is dead.
+  const HEARTBEAT_ASSUMED_MS = 15_000;
+  const HEARTBEAT_MIN_MS = 1_000;
+  const DEAD_AFTER = 2.5;
+  const WATCH_EVERY_MS = 250;
+  const MOBILE_MAX_RATE = 1; // quotes per second per symbol in mobile mode
 
   const CLOSE_NAMES = {
     1000: "normal",
@@ -67,6 +85,15 @@
     // dropped: the next connection's "resume" (or a fresh reconcile) covers that login.
     epoch: 0,
     lastSeq: new Map(), // login -> seq of the last account frame applied
+    // login -> epoch of its numbering, from the last "authorized" (not to be confused
+    // with session.epoch above, which counts sockets).
+    epochs: new Map(),
+    watchTimer: null,
+    leaveTimer: null, // the reconnect a drain notice asked for
+    lastFrameAt: 0, // Date.now() of the last message of any kind on this socket
+    lastHeartbeatAt: 0,
+    heartbeatMs: null, // learned from the heartbeats seen; null: HEARTBEAT_ASSUMED_MS
+    mobile: false, // quotes subscribed with "max_rate"
     syncing: new Map(), // login -> frames held back while its snapshot is being fetched
   };
 
@@ -185,7 +212,8 @@
     session.epoch++;
     session.syncing.clear();
     setState("connecting", `connecting to ${WS_URL}`);
-    const socket = new WebSocket(WS_URL);
+    // A v1.1 server echoes the subprotocol; the handshake fails on a server that does not.
+    const socket = new WebSocket(WS_URL, [SUBPROTOCOL]);
     session.socket = socket;
     // Events of a socket we have already given up on must not touch the page.
     socket.onopen = () => socket === session.socket && onOpen();
@@ -198,7 +226,15 @@
     // a reconnect, "resume" asks for the account frames missed since the last seq seen.
     const resume = Object.fromEntries(session.lastSeq);
     const message = { authorization: session.access };
-    if (session.lastSeq.size) message.resume = resume;
+    if (session.lastSeq.size) {
+      message.resume = resume;
+      // The epochs our seqs belong to: a login whose numbering was reset or restored
+      // since (a database restore) gets "resync" whatever its seq says.
+      const epochs = [...session.lastSeq.keys()].filter((login) => session.epochs.has(login));
+      if (epochs.length) {
+        message.epochs = Object.fromEntries(epochs.map((login) => [login, session.epochs.get(login)]));
+      }
+    }
     send(message);
     startKeepalive();
   }
@@ -214,6 +250,8 @@
   }
 
   function startKeepalive() {
+    session.lastFrameAt = Date.now();
+    session.watchTimer = setInterval(watch, WATCH_EVERY_MS);
     session.pingTimer = setInterval(() => {
       send("ping");
       clearTimeout(session.pongTimer);
@@ -226,9 +264,33 @@
     }, PING_EVERY_MS);
   }
 
+  const heartbeatMs = () => session.heartbeatMs ?? HEARTBEAT_ASSUMED_MS;
+
+  // The heartbeat age in the header, and the dead-connection check.
+  function watch() {
+    const now = Date.now();
+    const element = $("#heartbeat");
+    const every = `every ${(heartbeatMs() / 1000).toFixed(1)} s${session.heartbeatMs ? "" : " (assumed)"}`;
+    if (session.lastHeartbeatAt) {
+      const age = (now - session.lastHeartbeatAt) / 1000;
+      element.textContent = `heartbeat ${age.toFixed(1)} s ago, ${every}`;
+      element.dataset.age = String(Math.round(age * 1000));
+    } else {
+      element.textContent = `no heartbeat yet, ${every}`;
+    }
+    const silent = now - session.lastFrameAt;
+    if (silent > DEAD_AFTER * heartbeatMs()) {
+      // A half-open connection: the browser would wait minutes for TCP to notice.
+      dropSocket();
+      onClosed(1006, `nothing received for ${(silent / 1000).toFixed(1)} s`);
+    }
+  }
+
   function dropSocket() {
     clearInterval(session.pingTimer);
     clearTimeout(session.pongTimer);
+    clearInterval(session.watchTimer);
+    clearTimeout(session.leaveTimer);
     const socket = session.socket;
     session.socket = null;
     session.authorized = false;
@@ -280,7 +342,13 @@
   // ---------------------------------------------------------------- messages
 
   function onMessage(raw) {
+    const previous = session.lastFrameAt;
+    session.lastFrameAt = Date.now();
     logLine("←", raw);
+    if (raw.startsWith('["h",')) {
+      onHeartbeat(parseExact(raw), session.lastFrameAt - previous);
+      return;
+    }
     // The first character tells the kinds apart: "{" control reply, "[" data frame,
     // and "pong" is the only plain text.
     if (raw === "pong") {
@@ -303,7 +371,7 @@
         for (const symbol of data) quoteRow(symbol)?.setAttribute("data-subscribed", "");
         break;
       case "reconnect": // the server is going away: it closes with 4009 within the window
-        note(`server restarting: reconnecting within ${(data.within_ms / 1000).toFixed(1)} s`);
+        onDrainNotice(data.within_ms);
         break;
       case "error":
         onError(data);
@@ -319,13 +387,68 @@
     session.attempt = 0;
     session.authFailures = 0;
     $("#who-logins").textContent = data.logins.join(", ") || "none";
+    $("#protocol").textContent = data.protocol ? `protocol ${data.protocol}` : "protocol 1.0";
+    // The epochs of this connection's numbering (v1.1); seqs we hold from a "resync"
+    // reconcile are in these too, since the snapshot is read after this reply.
+    for (const [login, epoch] of Object.entries(data.epoch || {})) session.epochs.set(login, epoch);
     setState("authorized", `authorized as ${data.user}`);
     // Logins we have no seq for (a fresh start) are seeded from REST. Frames that
     // arrive meanwhile are held back and applied after the snapshot's seq.
     for (const login of data.logins) {
       if (!session.lastSeq.has(login)) reconcile(login, "initial state");
     }
-    send({ event: "subscribe", data: SYMBOLS });
+    subscribeQuotes();
+  }
+
+  function subscribeQuotes() {
+    const message = { event: "subscribe", data: SYMBOLS };
+    if (session.mobile) message.max_rate = MOBILE_MAX_RATE;
+    send(message);
+  }
+
+  // Mobile mode: the latest quote of each symbol at most once a second. A subscribe
+  // sets the rate of the symbols it names, so unsubscribe first and subscribe again.
+  function toggleMobile() {
+    session.mobile = !session.mobile;
+    const button = $("#mobile");
+    button.setAttribute("aria-pressed", String(session.mobile));
+    document.body.dataset.mobile = String(session.mobile);
+    $("#quote-rate").textContent = session.mobile ? `≤ ${MOBILE_MAX_RATE} quote/s per symbol` : "";
+    if (!session.authorized) return; // the next "authorized" subscribes with the new rate
+    send({ event: "unsubscribe", data: SYMBOLS });
+    subscribeQuotes();
+  }
+
+  function onHeartbeat([, ts, seqs], silentMs) {
+    session.lastHeartbeatAt = Date.now();
+    // The server sent it after at least its interval of silence: the longest silence
+    // seen before a heartbeat bounds the interval from above, which is the safe side.
+    const seen = Math.max(HEARTBEAT_MIN_MS, silentMs);
+    session.heartbeatMs = Math.max(session.heartbeatMs ?? 0, seen);
+    watch();
+    // The seq of the last frame of each login the server has sent us: above ours, a
+    // frame went missing (today's v1 client would only notice at the next one).
+    for (const [login, seq] of Object.entries(seqs || {})) {
+      const last = session.lastSeq.get(login);
+      if (last === undefined || session.syncing.has(login) || seq <= last) continue;
+      note(`heartbeat of ${clock(ts)}: ${login} is at seq ${seq}, we have ${last}`);
+      reconcile(login, "heartbeat");
+    }
+  }
+
+  function onDrainNotice(withinMs) {
+    // Reconnect (with resume) at a random moment of the window, so that the clients of
+    // the process do not all come back at once; the server closes with 4009 within it
+    // anyway, and whichever comes first wins.
+    const delay = Math.random() * withinMs;
+    note(`server restarting: reconnecting in ${(delay / 1000).toFixed(1)} s (within ${(withinMs / 1000).toFixed(1)} s)`);
+    setState("draining", `server restarting, reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    $("#drains").textContent = String(Number($("#drains").textContent || "0") + 1);
+    clearTimeout(session.leaveTimer);
+    session.leaveTimer = setTimeout(() => {
+      note("reconnecting with resume (drain notice)");
+      connect();
+    }, delay);
   }
 
   function onError({ code, message, symbols }) {
@@ -343,6 +466,12 @@
     switch (frame[0]) {
       case "t":
         renderQuote(frame);
+        break;
+      case "s":
+        renderStatus(frame);
+        break;
+      case "e": // live state: no seq, never replayed, the latest one wins
+        renderEquity(frame);
         break;
       case "b":
       case "o":
@@ -404,6 +533,10 @@
     // stream continues; frames held meanwhile up to that seq are already in it.
     clearLogin(login);
     for (const frame of snapshot.frames) applyAccountFrame(frame);
+    // The last live state published (v1.1), unless a live frame has shown a newer one.
+    for (const frame of snapshot.state || []) {
+      if (frame[0] === "e" && !document.getElementById(`equity-${frame[1]}`)) renderEquity(frame);
+    }
     setLastSeq(login, snapshot.seq[login]);
     held.sort((a, b) => a[2] - b[2]).forEach(onAccountFrame);
   }
@@ -416,7 +549,9 @@
 
   function forgetLogin(login) {
     session.lastSeq.delete(login);
+    session.epochs.delete(login);
     clearLogin(login);
+    document.getElementById(`equity-${login}`)?.remove();
   }
 
   // ---------------------------------------------------------------- rendering
@@ -455,6 +590,58 @@
     row.querySelector(".bid").textContent = value.toFixed(state.places);
     row.querySelector(".ask").textContent = Number(ask).toFixed(state.places);
     row.querySelector(".time").textContent = clock(ts, true);
+  }
+
+  // ["s", symbol, status, ts]: open, closed, halted, close_only, or a status of the
+  // host's own. It follows the symbol's last quote on subscribe, and quotes in order.
+  function renderStatus([, symbol, status, ts]) {
+    const row = quoteRow(symbol);
+    if (!row) return;
+    row.dataset.status = status;
+    const cell = row.querySelector(".status");
+    cell.textContent = status.replace(/_/g, " ");
+    cell.title = `since ${clock(ts, true)}`;
+  }
+
+  const EQUITY_COLUMNS = [
+    "login", "equity", "margin", "free-margin", "margin-level", "floating-pl", "updated",
+  ];
+  const equityState = new Map(); // login -> last equity, for the direction arrow
+
+  // ["e", login, null, equity, margin, free_margin, margin_level, floating_pl]: the
+  // demo's live account state. It moves with every quote and is never stored: no seq,
+  // no gap check, a resume does not replay it; the latest frame is the state.
+  function renderEquity([, login, , equity, margin, freeMargin, marginLevel, floatingPl]) {
+    const id = `equity-${login}`;
+    let row = document.getElementById(id);
+    if (!row) {
+      row = document.createElement("tr");
+      row.id = id;
+      row.dataset.login = login;
+      for (const column of EQUITY_COLUMNS) {
+        const cell = document.createElement("td");
+        cell.className = column;
+        row.append(cell);
+      }
+      const body = $("#equity tbody");
+      const after = [...body.rows].find((other) => other.dataset.login > login);
+      body.insertBefore(row, after || null);
+    }
+    const value = Number(equity);
+    const before = equityState.get(login);
+    if (before !== undefined && value !== before) row.dataset.dir = value > before ? "up" : "down";
+    equityState.set(login, value);
+    row.dataset.sign = Number(floatingPl) < 0 ? "negative" : "positive";
+    row.dataset.updates = String(Number(row.dataset.updates || "0") + 1);
+    fill(row, {
+      login,
+      equity,
+      margin,
+      "free-margin": freeMargin,
+      "margin-level": marginLevel === null || marginLevel === undefined ? null : `${marginLevel} %`,
+      "floating-pl": floatingPl,
+      updated: clock(Date.now(), true),
+    });
   }
 
   function applyAccountFrame(frame) {
@@ -578,7 +765,7 @@
     for (const symbol of SYMBOLS) {
       const row = document.createElement("tr");
       row.dataset.symbol = symbol;
-      for (const column of ["symbol", "bid", "ask", "dir", "time"]) {
+      for (const column of ["symbol", "bid", "ask", "dir", "status", "time"]) {
         const cell = document.createElement(column === "symbol" ? "th" : "td");
         cell.className = column;
         cell.textContent = column === "symbol" ? symbol : "";
@@ -619,7 +806,11 @@
   function lineKind(direction, raw) {
     if (direction !== "←") return direction === "→" ? "sent" : "note";
     if (raw[0] === "{") return "reply";
-    return raw.startsWith('["t"') ? "quote" : raw[0] === "[" ? "account" : "pong";
+    if (raw.startsWith('["t"')) return "quote";
+    if (raw.startsWith('["h"')) return "heartbeat";
+    if (raw.startsWith('["s"')) return "status";
+    if (raw.startsWith('["e"')) return "state";
+    return raw[0] === "[" ? "account" : "pong";
   }
 
   function appendLogItem(list, { text, kind }) {
@@ -684,9 +875,16 @@
     for (const row of document.querySelectorAll("#quotes tbody tr")) {
       row.removeAttribute("data-subscribed");
       row.removeAttribute("data-dir");
+      row.removeAttribute("data-status");
       for (const cell of row.querySelectorAll("td")) cell.textContent = "";
     }
     quoteState.clear();
+    equityState.clear();
+    $("#equity tbody").replaceChildren();
+    session.epochs.clear();
+    Object.assign(session, { lastHeartbeatAt: 0 });
+    $("#heartbeat").textContent = "";
+    $("#protocol").textContent = "";
     $("#notifications").replaceChildren();
     $("#token").textContent = "";
     $("#expires").textContent = "";
@@ -701,6 +899,7 @@
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", () => logout());
   $("#pause-log").addEventListener("click", toggleLog);
+  $("#mobile").addEventListener("click", toggleMobile);
   $("#reconnect").addEventListener("click", () => {
     session.attempt = 0;
     connect();
