@@ -121,12 +121,32 @@ def deployment(kind: str, tmp_path: Path) -> Iterator[Deployment]:
     name = f"bws_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    # Every redis deployment uses the demo's key prefix: what one leaves in Redis (last
+    # quotes, statuses, states) must not become the next one's snapshot.
+    _delete_demo_keys()
     try:
         env = _base_env(DATABASE_URL=f"{POSTGRES_URL}/{name}", REDIS_URL=REDIS_URL)
         yield from _run(Deployment(env))
     finally:
+        _delete_demo_keys()
         with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: The demo's KEY_PREFIX (BROKER_WS default), which redis deployments share.
+DEMO_KEY_PREFIX = "bws:"
+
+
+def _delete_demo_keys() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{DEMO_KEY_PREFIX}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def _run(dep: Deployment) -> Iterator[Deployment]:
